@@ -1,0 +1,96 @@
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { Config } from './config.ts';
+import type { HttpDeps } from './http/deps.ts';
+import { createMetrics } from './http/metrics.ts';
+import { buildServer } from './http/server.ts';
+import { AccountsService } from './services/accounts.ts';
+import { ApiKeysService } from './services/api-keys.ts';
+import { bootstrap, type BootstrapResult } from './services/bootstrap.ts';
+import { CustomersService } from './services/customers.ts';
+import { FeesService } from './services/fees.ts';
+import { IdempotencyService } from './services/idempotency.ts';
+import { MovementsService } from './services/movements.ts';
+import { DEFAULT_RETRY, type RetryOptions } from './services/transaction.ts';
+import { TransfersService } from './services/transfers.ts';
+import { openSqlStore, type SqlStore } from './stores/sql/index.ts';
+import { createMigrator, migrationStatus, unwrap } from './stores/sql/migrator.ts';
+
+export interface App {
+  readonly config: Config;
+  readonly sql: SqlStore;
+  readonly http: FastifyInstance;
+  readonly deps: HttpDeps;
+  /** What the first start made (demo data, admin key); null when bootstrap was skipped. */
+  readonly bootstrapped: BootstrapResult | null;
+  /** Stops accepting requests, lets in-flight ones finish, then closes the stores, newest first. */
+  close(): Promise<void>;
+}
+
+export interface AppOptions {
+  readonly logger: Logger;
+  /** Run bootstrap (demo data, first admin key). Default true. */
+  readonly bootstrap?: boolean;
+  /** Process-wide default metrics (event loop, memory); off in tests that build several apps. */
+  readonly defaultMetrics?: boolean;
+  readonly retry?: RetryOptions;
+}
+
+/**
+ * The composition root: Config → stores → services → HTTP. Everything the process holds open is
+ * created here and closed by `close()` in reverse order.
+ */
+export async function createApp(config: Config, options: AppOptions): Promise<App> {
+  const { logger } = options;
+  const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'));
+  const closers: Array<() => Promise<void>> = [() => sql.close()];
+  const close = async () => {
+    for (const closer of closers.reverse()) await closer();
+  };
+  try {
+    await sql.ping(10_000);
+    if (config.migrateOnBoot) {
+      const results = unwrap(await createMigrator(sql.db).migrateToLatest()).results ?? [];
+      for (const r of results) logger.info({ migration: r.migrationName }, 'migration applied');
+    } else {
+      const pending = (await migrationStatus(sql.db)).filter((m) => m.executedAt === null);
+      if (pending.length > 0) {
+        throw new Error(
+          `the database schema is behind by ${pending.length} migration(s) (${pending.map((m) => m.name).join(', ')}): ` +
+            'run `databank migrate latest`, or set MIGRATE_ON_BOOT=true',
+        );
+      }
+    }
+    const metrics = createMetrics(() => sql.poolStats(), { defaultMetrics: options.defaultMetrics ?? true });
+    const retry: RetryOptions = {
+      ...(options.retry ?? DEFAULT_RETRY),
+      onRetry: (state) => metrics.transactionRetries.inc({ sqlstate: state }),
+    };
+    const idempotency = new IdempotencyService(sql.db);
+    const apiKeys = new ApiKeysService(sql.db);
+    const deps: HttpDeps = {
+      customers: new CustomersService(sql.db),
+      accounts: new AccountsService(sql.db),
+      movements: new MovementsService(sql.db, idempotency, retry),
+      transfers: new TransfersService(sql.db, idempotency, retry),
+      fees: new FeesService(sql.db, idempotency, retry),
+      idempotency,
+      apiKeys,
+      metrics,
+      ready: () => sql.ping(2_000),
+    };
+    const bootstrapped =
+      options.bootstrap === false ? null : await bootstrap(sql.db, apiKeys, { demoData: config.demoData });
+    const http = await buildServer(deps, { logger });
+    closers.push(() => http.close());
+    const purge = setInterval(() => {
+      idempotency.purgeExpired().catch((err: unknown) => logger.warn({ err }, 'idempotency key purge failed'));
+    }, 60 * 60 * 1000);
+    purge.unref();
+    closers.push(async () => clearInterval(purge));
+    return { config, sql, http, deps, bootstrapped, close };
+  } catch (err) {
+    await close().catch(() => undefined);
+    throw err;
+  }
+}

@@ -1,0 +1,140 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+
+/** How the app reaches PostgreSQL: the embedded engine, or a server through a pool. */
+export type SqlConfig =
+  | { readonly kind: 'pglite'; readonly dataDir: string | null }
+  | {
+      readonly kind: 'postgres';
+      /** The connection string with TLS parameters removed; TLS is described by `ssl`. */
+      readonly connectionString: string;
+      readonly ssl: SslConfig;
+      readonly poolMax: number;
+    };
+
+export type SslConfig =
+  | { readonly mode: 'disable' }
+  | { readonly mode: 'require' | 'verify-ca' | 'verify-full'; readonly ca: string | null };
+
+export interface Config {
+  readonly dataDir: string;
+  readonly host: string;
+  readonly port: number;
+  readonly sql: SqlConfig;
+  readonly migrateOnBoot: boolean;
+  readonly demoData: boolean;
+  readonly logLevel: LogLevel;
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Thrown when the environment holds bad values; the message lists every bad variable. */
+export class ConfigError extends Error {
+  readonly problems: readonly string[];
+  constructor(problems: readonly string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/**
+ * Reads the environment once into a validated, frozen Config. This is the only place that reads
+ * `process.env`; everything else receives the Config.
+ *
+ * @example
+ * const config = loadConfig(process.env);
+ */
+export function loadConfig(env: Env = process.env): Config {
+  const problems: string[] = [];
+  const dataDir = resolve(env.DATABANK_DATA_DIR || './.databank');
+  const host = env.HOST || '127.0.0.1';
+  const port = parseIntVar(env, 'PORT', 3000, 0, 65535, problems);
+  const logLevel = (env.LOG_LEVEL || 'info') as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) {
+    problems.push(`LOG_LEVEL: "${env.LOG_LEVEL}" is not one of ${LOG_LEVELS.join(', ')}`);
+  }
+  const sql = parseSql(env, dataDir, problems);
+  const migrateOnBoot = parseBoolVar(env, 'MIGRATE_ON_BOOT', sql?.kind !== 'postgres', problems);
+  const demoData = parseBoolVar(env, 'DATABANK_DEMO_DATA', true, problems);
+  if (problems.length > 0 || sql === null) throw new ConfigError(problems);
+  return deepFreeze({ dataDir, host, port, sql, migrateOnBoot, demoData, logLevel });
+}
+
+function parseSql(env: Env, dataDir: string, problems: string[]): SqlConfig | null {
+  const poolMax = parseIntVar(env, 'DATABASE_POOL_MAX', 10, 1, 1000, problems);
+  const url = env.DATABASE_URL;
+  if (!url) {
+    if (env.DATABASE_SSL_CA) problems.push('DATABASE_SSL_CA: set, but DATABASE_URL is not');
+    return { kind: 'pglite', dataDir: resolve(dataDir, 'pglite') };
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    problems.push('DATABASE_URL: not a valid URL (expected postgres://user:password@host:port/database)');
+    return null;
+  }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
+    problems.push(`DATABASE_URL: scheme must be postgres:// or postgresql://, not ${parsed.protocol}//`);
+    return null;
+  }
+  const sslmode = parsed.searchParams.get('sslmode');
+  const caPath = env.DATABASE_SSL_CA || parsed.searchParams.get('sslrootcert');
+  for (const p of ['sslmode', 'sslrootcert', 'sslcert', 'sslkey', 'ssl']) parsed.searchParams.delete(p);
+  let ca: string | null = null;
+  if (caPath) {
+    try {
+      ca = readFileSync(caPath, 'utf8');
+    } catch (err) {
+      problems.push(`DATABASE_SSL_CA: cannot read the CA file (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+  }
+  const mode = sslmode ?? (caPath ? 'verify-full' : 'disable');
+  let ssl: SslConfig;
+  switch (mode) {
+    case 'disable':
+      if (caPath) problems.push('DATABASE_SSL_CA: a CA is set but sslmode=disable turns TLS off');
+      ssl = { mode: 'disable' };
+      break;
+    case 'require':
+    case 'verify-ca':
+    case 'verify-full':
+      ssl = { mode, ca };
+      break;
+    default:
+      problems.push(`DATABASE_URL: sslmode=${mode} is not supported (use disable, require, verify-ca or verify-full)`);
+      return null;
+  }
+  return { kind: 'postgres', connectionString: parsed.toString(), ssl, poolMax };
+}
+
+function parseIntVar(env: Env, name: string, dflt: number, min: number, max: number, problems: string[]): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return dflt;
+  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+    problems.push(`${name}: "${raw}" is not a whole number from ${min} to ${max}`);
+    return dflt;
+  }
+  return Number(raw);
+}
+
+function parseBoolVar(env: Env, name: string, dflt: boolean, problems: string[]): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return dflt;
+  if (['true', '1', 'yes'].includes(raw)) return true;
+  if (['false', '0', 'no'].includes(raw)) return false;
+  problems.push(`${name}: "${raw}" is not true or false`);
+  return dflt;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

@@ -1,0 +1,58 @@
+/**
+ * The error catalog: every error databank answers with has a stable code, an HTTP status and a
+ * message. Codes are never reused or renamed; `docs/errors.md` documents each one and a test
+ * keeps the two in step.
+ */
+export const ERRORS = {
+  DATABANK_ERR_VALIDATION: { status: 400, message: 'The request does not match the schema' },
+  DATABANK_ERR_MALFORMED_BODY: { status: 400, message: 'The request body is not valid JSON' },
+  DATABANK_ERR_SAME_ACCOUNT: { status: 400, message: 'A transfer needs two different accounts' },
+  DATABANK_ERR_CURRENCY_MISMATCH: { status: 400, message: 'Both accounts must hold the same currency' },
+  DATABANK_ERR_INVALID_CURSOR: { status: 400, message: 'The paging cursor is not valid' },
+  DATABANK_ERR_IDEMPOTENCY_KEY_INVALID: {
+    status: 400,
+    message: 'The Idempotency-Key header must be 1 to 255 printable ASCII characters',
+  },
+  DATABANK_ERR_UNAUTHORIZED: { status: 401, message: 'A valid API key is required' },
+  DATABANK_ERR_FORBIDDEN: { status: 403, message: 'This API key may not do that' },
+  DATABANK_ERR_NOT_FOUND: { status: 404, message: 'No such resource' },
+  DATABANK_ERR_ROUTE_NOT_FOUND: { status: 404, message: 'No such route' },
+  DATABANK_ERR_METHOD_NOT_ALLOWED: { status: 405, message: 'This route does not accept that method' },
+  DATABANK_ERR_INSUFFICIENT_FUNDS: { status: 409, message: 'The account balance is too low' },
+  DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT: {
+    status: 409,
+    message: 'A request with this Idempotency-Key is still being processed',
+  },
+  DATABANK_ERR_PAYLOAD_TOO_LARGE: { status: 413, message: 'The request body is too large' },
+  DATABANK_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'The request body must be application/json' },
+  DATABANK_ERR_IDEMPOTENCY_KEY_REUSED: {
+    status: 422,
+    message: 'This Idempotency-Key was used with a different request',
+  },
+  DATABANK_ERR_INTERNAL: { status: 500, message: 'Internal error' },
+  DATABANK_ERR_CONTENTION: {
+    status: 503,
+    message: 'The accounts are busy; the request was not applied, retry it',
+  },
+  DATABANK_ERR_UNAVAILABLE: { status: 503, message: 'The database is unavailable; the request was not applied' },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+/** An error from the catalog. Services throw these; the HTTP layer turns them into responses. */
+export class DatabankError extends Error {
+  readonly code: ErrorCode;
+  readonly statusCode: number;
+
+  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown }) {
+    super(message ?? ERRORS[code].message, options);
+    this.name = 'DatabankError';
+    this.code = code;
+    this.statusCode = ERRORS[code].status;
+  }
+}
+
+/** True when `err` is a catalog error, optionally with the given code. */
+export function isDatabankError(err: unknown, code?: ErrorCode): err is DatabankError {
+  return err instanceof DatabankError && (code === undefined || err.code === code);
+}

@@ -1,0 +1,22 @@
+import type { AccountsService } from '../services/accounts.ts';
+import type { ApiKeysService } from '../services/api-keys.ts';
+import type { CustomersService } from '../services/customers.ts';
+import type { FeesService } from '../services/fees.ts';
+import type { IdempotencyService } from '../services/idempotency.ts';
+import type { MovementsService } from '../services/movements.ts';
+import type { TransfersService } from '../services/transfers.ts';
+import type { Metrics } from './metrics.ts';
+
+/** What the HTTP layer needs: services and metrics, never a store. */
+export interface HttpDeps {
+  readonly customers: CustomersService;
+  readonly accounts: AccountsService;
+  readonly movements: MovementsService;
+  readonly transfers: TransfersService;
+  readonly fees: FeesService;
+  readonly idempotency: IdempotencyService;
+  readonly apiKeys: ApiKeysService;
+  readonly metrics: Metrics;
+  /** Resolves when the database answers. */
+  readonly ready: () => Promise<void>;
+}

@@ -1,0 +1,71 @@
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { DatabankError, ERRORS, type ErrorCode } from '../domain/errors.ts';
+import { translateDbError } from '../services/transaction.ts';
+
+export interface ErrorBody {
+  readonly statusCode: number;
+  readonly code: ErrorCode;
+  readonly message: string;
+  readonly request_id?: string;
+}
+
+/** Fastify's own client errors, mapped onto the catalog. */
+const FASTIFY_CODES: Readonly<Record<string, ErrorCode>> = {
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'DATABANK_ERR_UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'DATABANK_ERR_PAYLOAD_TOO_LARGE',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'DATABANK_ERR_MALFORMED_BODY',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'DATABANK_ERR_MALFORMED_BODY',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'DATABANK_ERR_MALFORMED_BODY',
+  FST_ERR_CTP_INVALID_CHARSET: 'DATABANK_ERR_UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_VALIDATION: 'DATABANK_ERR_VALIDATION',
+};
+
+/** The response body for a catalog error. */
+export function errorBody(err: DatabankError): ErrorBody {
+  return { statusCode: err.statusCode, code: err.code, message: err.message };
+}
+
+/**
+ * Turns any error into the catalog's response shape. Known client errors keep their status and
+ * code; anything else is a 500 that shows only the request id, and is logged in full.
+ */
+export function toDatabankError(err: unknown): DatabankError | null {
+  const translated = translateDbError(err);
+  if (translated instanceof DatabankError) return translated;
+  const fe = err as Partial<FastifyError> & { validation?: unknown; validationContext?: string };
+  if (fe.validation) {
+    return new DatabankError('DATABANK_ERR_VALIDATION', `${fe.validationContext ?? 'request'} ${fe.message ?? ''}`.trim());
+  }
+  if (err instanceof SyntaxError && (err as FastifyError).statusCode === 400) {
+    return new DatabankError('DATABANK_ERR_MALFORMED_BODY');
+  }
+  const code = fe.code ? FASTIFY_CODES[fe.code] : undefined;
+  if (code) return new DatabankError(code, ERRORS[code].status === 400 ? fe.message : undefined);
+  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
+    return new DatabankError(fe.statusCode === 413 ? 'DATABANK_ERR_PAYLOAD_TOO_LARGE' : 'DATABANK_ERR_VALIDATION', fe.message);
+  }
+  return null;
+}
+
+export function registerErrorHandlers(app: FastifyInstance): void {
+  app.setErrorHandler((err: unknown, request: FastifyRequest, reply: FastifyReply) => {
+    const known = toDatabankError(err);
+    if (known) {
+      if (known.statusCode >= 500) request.log.warn({ err, code: known.code }, known.message);
+      return reply.code(known.statusCode).send(errorBody(known));
+    }
+    request.log.error({ err }, 'unhandled error');
+    const body: ErrorBody = {
+      statusCode: 500,
+      code: 'DATABANK_ERR_INTERNAL',
+      message: ERRORS.DATABANK_ERR_INTERNAL.message,
+      request_id: String(request.id),
+    };
+    return reply.code(500).send(body);
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    const err = new DatabankError('DATABANK_ERR_ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`);
+    return reply.code(404).send(errorBody(err));
+  });
+}

@@ -1,0 +1,47 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { DatabankError } from '../domain/errors.ts';
+import type { IdempotencyClaim, IdempotencyService } from '../services/idempotency.ts';
+import { requestHash } from '../services/idempotency.ts';
+import { principalOf } from './auth.ts';
+import { errorBody, toDatabankError } from './error-handler.ts';
+
+const KEY_PATTERN = /^[\x21-\x7e]{1,255}$/;
+
+/**
+ * Runs a money-moving handler under the request's `Idempotency-Key`, when it has one. A success
+ * is recorded by the service inside the movement's transaction; a refusal (4xx) is recorded after,
+ * so that a retry gets the same answer; anything else frees the key for a retry.
+ */
+export async function idempotent<T>(
+  idempotency: IdempotencyService,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  status: number,
+  run: (claim: IdempotencyClaim | null) => Promise<T>,
+): Promise<FastifyReply> {
+  const key = request.headers['idempotency-key'];
+  if (key === undefined) return reply.code(status).send(await run(null));
+  if (typeof key !== 'string' || !KEY_PATTERN.test(key)) throw new DatabankError('DATABANK_ERR_IDEMPOTENCY_KEY_INVALID');
+  const principal = principalOf(request);
+  const hash = requestHash(request.method, request.routeOptions.url ?? request.url, {
+    params: request.params,
+    body: request.body,
+  });
+  const outcome = await idempotency.begin(`key:${principal.keyId}`, key, hash);
+  if (outcome.kind === 'replay') {
+    return reply.code(outcome.status).header('idempotent-replayed', 'true').send(outcome.body);
+  }
+  try {
+    return reply.code(status).send(await run(outcome.claim));
+  } catch (err) {
+    const known = toDatabankError(err);
+    if (known && known.statusCode < 500) {
+      await idempotency.fail(outcome.claim, known.statusCode, errorBody(known));
+    } else {
+      await idempotency.release(outcome.claim).catch((releaseErr: unknown) => {
+        request.log.warn({ err: releaseErr }, 'could not release an idempotency key; it frees itself after its lock expires');
+      });
+    }
+    throw err;
+  }
+}

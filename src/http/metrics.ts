@@ -1,0 +1,64 @@
+import type { FastifyInstance } from 'fastify';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { PoolStats } from '../stores/sql/port.ts';
+
+/** The app's Prometheus metrics, in a registry of its own so that several apps can share a process. */
+export interface Metrics {
+  readonly registry: Registry;
+  readonly transfers: Counter<'outcome'>;
+  readonly transactionRetries: Counter<'sqlstate'>;
+}
+
+export function createMetrics(poolStats: () => PoolStats, options: { defaultMetrics: boolean }): Metrics {
+  const registry = new Registry();
+  if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
+  const transfers = new Counter({
+    name: 'databank_transfers_total',
+    help: 'Transfers by outcome (completed, or the error code)',
+    labelNames: ['outcome'],
+    registers: [registry],
+  });
+  const transactionRetries = new Counter({
+    name: 'databank_transaction_retries_total',
+    help: 'Transactions run again after a serialization failure or deadlock',
+    labelNames: ['sqlstate'],
+    registers: [registry],
+  });
+  for (const [name, pick] of [
+    ['databank_db_pool_connections', (s: PoolStats) => s.total],
+    ['databank_db_pool_idle', (s: PoolStats) => s.idle],
+    ['databank_db_pool_waiting', (s: PoolStats) => s.waiting],
+  ] as const) {
+    new Gauge({
+      name,
+      help: `Database pool: ${name.replace('databank_db_pool_', '')}`,
+      registers: [registry],
+      collect() {
+        this.set(pick(poolStats()));
+      },
+    });
+  }
+  return { registry, transfers, transactionRetries };
+}
+
+/** Counts requests by route, method and status, and times them. */
+export function registerHttpMetrics(app: FastifyInstance, metrics: Metrics): void {
+  const requests = new Counter({
+    name: 'databank_http_requests_total',
+    help: 'HTTP requests by route, method and status',
+    labelNames: ['route', 'method', 'status'],
+    registers: [metrics.registry],
+  });
+  const duration = new Histogram({
+    name: 'databank_http_request_duration_seconds',
+    help: 'HTTP request latency by route',
+    labelNames: ['route', 'method'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [metrics.registry],
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    requests.inc({ route, method: request.method, status: String(reply.statusCode) });
+    duration.observe({ route, method: request.method }, reply.elapsedTime / 1000);
+  });
+}

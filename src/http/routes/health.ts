@@ -1,0 +1,25 @@
+import type { FastifyInstance } from 'fastify';
+import { DatabankError } from '../../domain/errors.ts';
+import { assertAdmin } from '../../services/access.ts';
+import { principalOf } from '../auth.ts';
+import type { HttpDeps } from '../deps.ts';
+
+/** Liveness and readiness, without authentication, for load balancers and orchestrators. */
+export async function healthRoutes(app: FastifyInstance, deps: HttpDeps): Promise<void> {
+  app.get('/healthz', { config: { public: true }, schema: { hide: true } }, async () => ({ status: 'ok' }));
+
+  app.get('/readyz', { config: { public: true }, schema: { hide: true } }, async () => {
+    try {
+      await deps.ready();
+    } catch (err) {
+      throw new DatabankError('DATABANK_ERR_UNAVAILABLE', undefined, { cause: err });
+    }
+    return { status: 'ready' };
+  });
+
+  app.get('/metrics', { schema: { hide: true } }, async (request, reply) => {
+    assertAdmin(principalOf(request));
+    reply.type(deps.metrics.registry.contentType);
+    return deps.metrics.registry.metrics();
+  });
+}

@@ -1,0 +1,58 @@
+import { randomUUID } from 'node:crypto';
+import swagger from '@fastify/swagger';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { FastifyBaseLogger } from 'fastify';
+import { registerAuth } from './auth.ts';
+import type { HttpDeps } from './deps.ts';
+import { registerErrorHandlers } from './error-handler.ts';
+import { registerHttpMetrics } from './metrics.ts';
+import { accountRoutes } from './routes/accounts.ts';
+import { customerRoutes } from './routes/customers.ts';
+import { healthRoutes } from './routes/health.ts';
+import { moneyRoutes } from './routes/money.ts';
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
+
+export interface ServerOptions {
+  readonly logger: FastifyBaseLogger;
+  /** Largest accepted request body in bytes. */
+  readonly bodyLimit?: number;
+}
+
+/**
+ * The HTTP boundary: authentication, schemas, the catalog's errors, metrics and the routes.
+ * Validation never coerces or strips: a body that does not match is refused, not changed.
+ */
+export async function buildServer(deps: HttpDeps, options: ServerOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: options.logger,
+    bodyLimit: options.bodyLimit ?? 64 * 1024,
+    // Clients may pass their own request id for tracing; anything odd is replaced.
+    requestIdHeader: false,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    return503OnClosing: true,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
+  });
+  app.addHook('onSend', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
+  registerErrorHandlers(app);
+  registerHttpMetrics(app, deps.metrics);
+  registerAuth(app, deps.apiKeys);
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'databank', version: '0.1.0', description: "A bank's data layer over PostgreSQL" },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes]) {
+    await app.register(async (scope) => routes(scope, deps));
+  }
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  return app;
+}

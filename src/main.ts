@@ -1,0 +1,183 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { createApp } from './app.ts';
+import { ConfigError, loadConfig, type Config } from './config.ts';
+import { createLogger } from './logger.ts';
+import { ApiKeysService } from './services/api-keys.ts';
+import { seedIfEmpty } from './services/bootstrap.ts';
+import { inTransaction } from './services/transaction.ts';
+import { openSqlStore, type SqlStore } from './stores/sql/index.ts';
+import { createMigrator, makeMigration, migrationStatus, unwrap } from './stores/sql/migrator.ts';
+
+/** Loads the config or stops with the list of bad variables. */
+function configOrExit(): Config {
+  try {
+    return loadConfig(process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`databank: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
+
+async function withStore<T>(work: (store: SqlStore, config: Config) => Promise<T>): Promise<T> {
+  const config = configOrExit();
+  const store = await openSqlStore(config.sql);
+  try {
+    await store.ping(10_000);
+    return await work(store, config);
+  } finally {
+    await store.close();
+  }
+}
+
+function print(json: boolean, value: unknown, text: string): void {
+  process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text}\n`);
+}
+
+/** Writes the admin key where only this user can read it. */
+function saveAdminKey(dataDir: string, key: string): string {
+  mkdirSync(dataDir, { recursive: true });
+  const file = join(dataDir, 'admin-key');
+  writeFileSync(file, `${key}\n`, { mode: 0o600 });
+  return file;
+}
+
+async function serve(): Promise<void> {
+  const config = configOrExit();
+  const logger = createLogger(config.logLevel);
+  const app = await createApp(config, { logger });
+  if (app.bootstrapped?.seeded) logger.info('loaded the demo customers 1-3');
+  if (app.bootstrapped?.adminKey) {
+    const file = saveAdminKey(config.dataDir, app.bootstrapped.adminKey);
+    // Shown once, on the terminal only: never through the logger.
+    process.stderr.write(
+      `\nAn admin API key was created. It is shown only this once and saved to ${file} (mode 0600):\n\n` +
+        `  ${app.bootstrapped.adminKey}\n\n`,
+    );
+  }
+  await app.http.listen({ host: config.host, port: config.port });
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping: draining in-flight requests');
+    app.close().then(
+      () => {
+        logger.info('stopped');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+function positiveInt(value: string): number {
+  if (!/^[1-9][0-9]{0,14}$/.test(value)) throw new InvalidArgumentError('expected a positive integer');
+  return Number(value);
+}
+
+export function buildCli(): Command {
+  const program = new Command('databank')
+    .description("A bank's data layer: every kind of data in the store made for it")
+    .showHelpAfterError();
+
+  program
+    .command('serve')
+    .description('serve the HTTP API (migrates, seeds demo data and makes an admin key on first start)')
+    .action(serve);
+
+  const migrate = program.command('migrate').description('versioned schema migrations');
+  migrate
+    .command('latest')
+    .description('apply every pending migration')
+    .option('--json', 'machine-readable output')
+    .action((opts: { json?: boolean }) =>
+      withStore(async (store) => {
+        const results = unwrap(await createMigrator(store.db).migrateToLatest()).results ?? [];
+        const applied = results.map((r) => r.migrationName);
+        print(!!opts.json, { applied }, applied.length ? applied.map((n) => `applied ${n}`).join('\n') : 'up to date');
+      }),
+    );
+  migrate
+    .command('rollback')
+    .description('undo the newest applied migration')
+    .option('--all', 'undo every migration')
+    .option('--json', 'machine-readable output')
+    .action((opts: { json?: boolean; all?: boolean }) =>
+      withStore(async (store) => {
+        const migrator = createMigrator(store.db);
+        const results = opts.all
+          ? (unwrap(await migrator.migrateTo(Symbol.for('NO_MIGRATIONS') as never)).results ?? [])
+          : (unwrap(await migrator.migrateDown()).results ?? []);
+        const reverted = results.map((r) => r.migrationName);
+        print(!!opts.json, { reverted }, reverted.length ? reverted.map((n) => `reverted ${n}`).join('\n') : 'nothing to roll back');
+      }),
+    );
+  migrate
+    .command('status')
+    .description('list migrations and whether each is applied')
+    .option('--json', 'machine-readable output')
+    .action((opts: { json?: boolean }) =>
+      withStore(async (store) => {
+        const status = await migrationStatus(store.db);
+        print(
+          !!opts.json,
+          status.map((m) => ({ name: m.name, applied_at: m.executedAt?.toISOString() ?? null })),
+          status.map((m) => `${m.executedAt ? 'applied' : 'pending'}  ${m.name}`).join('\n'),
+        );
+      }),
+    );
+  migrate
+    .command('make')
+    .description('create a new, empty migration file')
+    .argument('<name>', 'snake_case name, e.g. add_statements')
+    .action(async (name: string) => {
+      print(false, null, `created ${await makeMigration(name)}`);
+    });
+
+  program
+    .command('seed')
+    .description("load the chapter's demo customers 1-3 when there are no customers yet")
+    .option('--json', 'machine-readable output')
+    .action((opts: { json?: boolean }) =>
+      withStore(async (store) => {
+        const seeded = await inTransaction(store.db, (trx) => seedIfEmpty(trx));
+        print(!!opts.json, { seeded }, seeded ? 'loaded customers 1-3' : 'customers exist already; nothing loaded');
+      }),
+    );
+
+  const keys = program.command('keys').description('API keys');
+  keys
+    .command('create')
+    .description('create an API key; it is printed once and stored only as a hash')
+    .addOption(new Option('--role <role>', 'what the key may do').choices(['admin', 'customer']).makeOptionMandatory())
+    .option('--customer <id>', 'the customer a customer key is bound to', positiveInt)
+    .option('--json', 'print {"key","role","customer_id","id"}')
+    .action((opts: { role: 'admin' | 'customer'; customer?: number; json?: boolean }) =>
+      withStore(async (store) => {
+        if ((opts.role === 'customer') !== (opts.customer !== undefined)) {
+          throw new InvalidArgumentError('--customer is required with --role customer and not allowed with --role admin');
+        }
+        const created = await new ApiKeysService(store.db).create(opts.role, opts.customer ?? null);
+        print(!!opts.json, created, created.key);
+      }),
+    );
+
+  return program;
+}
+
+try {
+  await buildCli().parseAsync(process.argv);
+} catch (err) {
+  process.stderr.write(`databank: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+}

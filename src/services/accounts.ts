@@ -1,0 +1,77 @@
+import type { Kysely } from 'kysely';
+import { DatabankError } from '../domain/errors.ts';
+import type { AccountType, Currency } from '../domain/money.ts';
+import type { Account, LedgerEntry, Page, Principal } from '../domain/types.ts';
+import type { Database } from '../stores/sql/schema.ts';
+import { assertOwns } from './access.ts';
+import { decodeCursor, toPage } from './paging.ts';
+import { inTransaction, read } from './transaction.ts';
+
+const ACCOUNT_COLUMNS = ['account_id', 'account_type', 'balance', 'customer_id', 'currency'] as const;
+
+/** Accounts and their ledger. Money moves through the movement services, never here. */
+export class AccountsService {
+  constructor(private readonly db: Kysely<Database>) {}
+
+  async open(principal: Principal, customerId: number, input: { account_type: AccountType; currency?: Currency }) {
+    assertOwns(principal, customerId);
+    return inTransaction(this.db, async (trx): Promise<Account> => {
+      const customer = await trx.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst();
+      if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
+      const account = await trx
+        .insertInto('accounts')
+        .values({ customer_id: customerId, account_type: input.account_type, currency: input.currency ?? 'USD' })
+        .returning(ACCOUNT_COLUMNS)
+        .executeTakeFirstOrThrow();
+      await trx
+        .insertInto('outbox')
+        .values({ topic: 'account.opened', aggregate_id: String(account.account_id), payload: JSON.stringify(account) })
+        .execute();
+      return account;
+    });
+  }
+
+  async get(principal: Principal, accountId: number): Promise<Account> {
+    const account = await read(() =>
+      this.db.selectFrom('accounts').select(ACCOUNT_COLUMNS).where('account_id', '=', accountId).executeTakeFirst(),
+    );
+    assertOwns(principal, account?.customer_id);
+    return account as Account;
+  }
+
+  async listForCustomer(principal: Principal, customerId: number): Promise<Page<Account>> {
+    assertOwns(principal, customerId);
+    const [customer, accounts] = await read(() =>
+      Promise.all([
+        this.db.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst(),
+        this.db
+          .selectFrom('accounts')
+          .select(ACCOUNT_COLUMNS)
+          .where('customer_id', '=', customerId)
+          .orderBy('account_id')
+          .execute(),
+      ]),
+    );
+    if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
+    return { result: accounts };
+  }
+
+  /** The account's ledger entries, newest first. */
+  async entries(principal: Principal, accountId: number, query: { limit: number; cursor?: string }) {
+    await this.get(principal, accountId);
+    const before = decodeCursor(query.cursor);
+    const rows = await read(() =>
+      this.db
+        .selectFrom('ledger_entries as e')
+        .innerJoin('ledger_transactions as t', 't.id', 'e.transaction_id')
+        .select(['e.id as entry_id', 'e.transaction_id', 't.kind', 'e.amount', 't.reference', 't.created_at'])
+        .where('e.account_id', '=', accountId)
+        .$if(before !== null, (q) => q.where('e.id', '<', before as number))
+        .orderBy('e.id', 'desc')
+        .limit(query.limit + 1)
+        .execute(),
+    );
+    const entries: LedgerEntry[] = rows.map((r) => ({ ...r, created_at: r.created_at.toISOString() }));
+    return toPage(entries, query.limit, (e) => e.entry_id);
+  }
+}

@@ -1,0 +1,94 @@
+import { sql, type Kysely } from 'kysely';
+import { DatabankError } from '../domain/errors.ts';
+import type { Customer, Page, Principal } from '../domain/types.ts';
+import type { Database } from '../stores/sql/schema.ts';
+import { assertAdmin, assertOwns } from './access.ts';
+import { decodeCursor, toPage } from './paging.ts';
+import { inTransaction, read } from './transaction.ts';
+
+export interface ListCustomersQuery {
+  readonly bornAfter?: string;
+  readonly limit: number;
+  readonly cursor?: string;
+}
+
+/** Customers: who they are, and the sum of what their accounts hold. */
+export class CustomersService {
+  constructor(private readonly db: Kysely<Database>) {}
+
+  /** Customers ordered by id; a customer key sees only its own customer. */
+  async list(principal: Principal, query: ListCustomersQuery): Promise<Page<Customer>> {
+    const after = decodeCursor(query.cursor) ?? 0;
+    const rows = await read(() =>
+      this.selectCustomers()
+        .where('c.id', '>', after)
+        .$if(query.bornAfter !== undefined, (q) => q.where('c.date_of_birth', '>', query.bornAfter as string))
+        .$if(principal.role === 'customer', (q) =>
+          q.where('c.id', '=', principal.role === 'customer' ? principal.customerId : 0),
+        )
+        .orderBy('c.id')
+        .limit(query.limit + 1)
+        .execute(),
+    );
+    return toPage(rows, query.limit, (c) => c.id);
+  }
+
+  async get(principal: Principal, id: number): Promise<Customer> {
+    assertOwns(principal, id);
+    const row = await read(() => this.selectCustomers().where('c.id', '=', id).executeTakeFirst());
+    if (!row) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${id} does not exist`);
+    return row;
+  }
+
+  async create(principal: Principal, input: { name: string; date_of_birth: string }): Promise<Customer> {
+    assertAdmin(principal);
+    return inTransaction(this.db, async (trx) => {
+      const row = await trx
+        .insertInto('customers')
+        .values({ name: input.name, date_of_birth: input.date_of_birth })
+        .returning(['id', 'name', 'date_of_birth'])
+        .executeTakeFirstOrThrow();
+      const customer: Customer = { ...row, balance: 0 };
+      await trx
+        .insertInto('outbox')
+        .values({ topic: 'customer.created', aggregate_id: String(row.id), payload: JSON.stringify(customer) })
+        .execute();
+      return customer;
+    });
+  }
+
+  async update(principal: Principal, id: number, input: { name?: string }): Promise<Customer> {
+    assertOwns(principal, id);
+    return inTransaction(this.db, async (trx) => {
+      if (input.name !== undefined) {
+        const updated = await trx
+          .updateTable('customers')
+          .set({ name: input.name })
+          .where('id', '=', id)
+          .returning('id')
+          .executeTakeFirst();
+        if (!updated) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${id} does not exist`);
+      }
+      const customer = await this.selectCustomers(trx).where('c.id', '=', id).executeTakeFirst();
+      if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${id} does not exist`);
+      await trx
+        .insertInto('outbox')
+        .values({ topic: 'customer.updated', aggregate_id: String(id), payload: JSON.stringify(customer) })
+        .execute();
+      return customer;
+    });
+  }
+
+  private selectCustomers(db: Kysely<Database> = this.db) {
+    return db
+      .selectFrom('customers as c')
+      .select([
+        'c.id',
+        'c.name',
+        'c.date_of_birth',
+        sql<number>`coalesce((select sum(a.balance) from accounts a where a.customer_id = c.id), 0)::bigint`.as(
+          'balance',
+        ),
+      ]);
+  }
+}

@@ -1,0 +1,68 @@
+import type { Kysely } from 'kysely';
+import { DatabankError } from '../domain/errors.ts';
+import type { Movement, Principal } from '../domain/types.ts';
+import type { Database } from '../stores/sql/schema.ts';
+import { assertAdmin } from './access.ts';
+import type { IdempotencyClaim, IdempotencyService } from './idempotency.ts';
+import { recordMovement } from './ledger.ts';
+import { lockAccounts } from './locks.ts';
+import { inTransaction, type RetryOptions } from './transaction.ts';
+
+/** Money entering or leaving the bank: a deposit credits an account from cash, a withdrawal pays out. */
+export class MovementsService {
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly idempotency: IdempotencyService,
+    private readonly retry?: RetryOptions,
+  ) {}
+
+  deposit(principal: Principal, accountId: number, amount: number, claim: IdempotencyClaim | null) {
+    return this.move(principal, 'deposit', accountId, amount, claim);
+  }
+
+  withdraw(principal: Principal, accountId: number, amount: number, claim: IdempotencyClaim | null) {
+    return this.move(principal, 'withdrawal', accountId, amount, claim);
+  }
+
+  private async move(
+    principal: Principal,
+    kind: 'deposit' | 'withdrawal',
+    accountId: number,
+    amount: number,
+    claim: IdempotencyClaim | null,
+  ): Promise<Movement> {
+    assertAdmin(principal);
+    return inTransaction(
+      this.db,
+      async (trx) => {
+        const account = (await lockAccounts(trx, [accountId])).get(accountId);
+        if (!account) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `account ${accountId} does not exist`);
+        if (kind === 'withdrawal' && account.balance < amount) {
+          throw new DatabankError('DATABANK_ERR_INSUFFICIENT_FUNDS', `account ${accountId} holds less than ${amount}`);
+        }
+        const delta = kind === 'deposit' ? amount : -amount;
+        const recorded = await recordMovement(trx, {
+          kind,
+          reference: null,
+          entries: [
+            { account_id: accountId, amount: delta },
+            { system_account: 'cash', amount: -delta },
+          ],
+          topic: `${kind}.completed`,
+          payload: { account_id: accountId, amount },
+        });
+        const movement: Movement = {
+          transaction_id: recorded.transaction_id,
+          account_id: accountId,
+          kind,
+          amount,
+          balance: recorded.balances.get(accountId) ?? account.balance + delta,
+          created_at: recorded.created_at,
+        };
+        if (claim) await this.idempotency.complete(trx, claim, 201, movement);
+        return movement;
+      },
+      this.retry,
+    );
+  }
+}

@@ -1,0 +1,84 @@
+import type { Kysely, Transaction } from 'kysely';
+import { DatabankError } from '../domain/errors.ts';
+import type { Database } from '../stores/sql/schema.ts';
+
+/** SQLSTATEs after which the whole transaction may simply run again. */
+const RETRYABLE = new Set(['40001', '40P01']);
+/** SQLSTATE classes and socket errors that mean the database cannot be reached right now. */
+const UNAVAILABLE_CLASSES = ['08', '53', '57P'];
+const UNAVAILABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH']);
+
+export interface RetryOptions {
+  /** Attempts in all, first included. */
+  readonly attempts: number;
+  /** Base back-off in ms; each retry waits a random time up to base × 2^attempt. */
+  readonly backoffMs: number;
+  /** Called before each retry, for metrics. */
+  readonly onRetry?: (sqlState: string) => void;
+}
+
+export const DEFAULT_RETRY: RetryOptions = { attempts: 6, backoffMs: 2 };
+
+export type Tx = Transaction<Database>;
+
+/**
+ * Runs `work` in one database transaction and commits it. Serialization failures and deadlocks
+ * roll back and run again, a bounded number of times, then answer DATABANK_ERR_CONTENTION (503):
+ * the caller knows nothing was applied and may retry.
+ */
+export async function inTransaction<T>(
+  db: Kysely<Database>,
+  work: (trx: Tx) => Promise<T>,
+  retry: RetryOptions = DEFAULT_RETRY,
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await db.transaction().execute(work);
+    } catch (err) {
+      const state = sqlState(err);
+      if (state && RETRYABLE.has(state)) {
+        if (attempt >= retry.attempts) {
+          throw new DatabankError('DATABANK_ERR_CONTENTION', undefined, { cause: err });
+        }
+        retry.onRetry?.(state);
+        await delay(Math.random() * retry.backoffMs * 2 ** attempt);
+        continue;
+      }
+      throw translateDbError(err);
+    }
+  }
+}
+
+/** Turns "cannot reach the database" into DATABANK_ERR_UNAVAILABLE; leaves other errors alone. */
+export function translateDbError(err: unknown): unknown {
+  if (err instanceof DatabankError) return err;
+  const state = sqlState(err);
+  const errno = (err as NodeJS.ErrnoException | undefined)?.code;
+  const message = err instanceof Error ? err.message : '';
+  if (
+    (state && UNAVAILABLE_CLASSES.some((c) => state.startsWith(c))) ||
+    (errno && UNAVAILABLE_ERRNOS.has(errno)) ||
+    /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message)
+  ) {
+    return new DatabankError('DATABANK_ERR_UNAVAILABLE', undefined, { cause: err });
+  }
+  return err;
+}
+
+/** Runs a read outside a transaction, with the same error translation. */
+export async function read<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    throw translateDbError(err);
+  }
+}
+
+function sqlState(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,101 @@
+import type { ConnectionOptions } from 'node:tls';
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import pg from 'pg';
+import type { SslConfig } from '../../config.ts';
+import type { Database } from './schema.ts';
+import type { SqlStore } from './port.ts';
+import { PARSERS } from './type-parsers.ts';
+import { withTimeout } from './timeout.ts';
+
+export interface PostgresOptions {
+  readonly connectionString: string;
+  readonly ssl: SslConfig;
+  readonly poolMax: number;
+  /** Receives errors of idle pooled connections, which would otherwise crash the process. */
+  readonly onError?: (err: Error) => void;
+}
+
+/** TLS error codes that mean "the server's certificate could not be verified". */
+const CERT_ERRORS = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+/** A PostgreSQL error made readable: certificate failures say so plainly. */
+export class DatabaseConnectError extends Error {
+  constructor(message: string, options: { cause: unknown }) {
+    super(message, options);
+    this.name = 'DatabaseConnectError';
+  }
+}
+
+/** Node TLS options for a libpq-style sslmode. */
+export function tlsOptions(ssl: SslConfig): false | ConnectionOptions {
+  switch (ssl.mode) {
+    case 'disable':
+      return false;
+    case 'require':
+      // libpq's `require` encrypts without verifying; verify-full is the one to use in production.
+      return { rejectUnauthorized: false };
+    case 'verify-ca':
+      return { rejectUnauthorized: true, ...(ssl.ca ? { ca: ssl.ca } : {}), checkServerIdentity: () => undefined };
+    case 'verify-full':
+      return { rejectUnauthorized: true, ...(ssl.ca ? { ca: ssl.ca } : {}) };
+  }
+}
+
+/** Explains a connection failure; certificate problems name the check that failed. */
+export function explainConnectError(err: unknown): Error {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const message = err instanceof Error ? err.message : String(err);
+  if (code && CERT_ERRORS.has(code)) {
+    const what = code === 'ERR_TLS_CERT_ALTNAME_INVALID' ? 'its host name does not match' : 'it is not signed by the trusted CA';
+    return new DatabaseConnectError(
+      `PostgreSQL server certificate rejected: ${what} (${code}: ${message})`,
+      { cause: err },
+    );
+  }
+  if (/does not support SSL/i.test(message)) {
+    return new DatabaseConnectError('PostgreSQL server does not accept TLS, but sslmode asks for it', { cause: err });
+  }
+  return err instanceof Error ? err : new Error(message);
+}
+
+/** PostgreSQL server through a `pg` pool. */
+export async function openPostgres(options: PostgresOptions): Promise<SqlStore> {
+  const pool = new pg.Pool({
+    connectionString: options.connectionString,
+    ssl: tlsOptions(options.ssl),
+    max: options.poolMax,
+    connectionTimeoutMillis: 5_000,
+    idleTimeoutMillis: 30_000,
+    // A stuck transaction must not hold account locks forever.
+    idle_in_transaction_session_timeout: 60_000,
+    statement_timeout: 30_000,
+    types: {
+      getTypeParser: ((oid: number, format?: string) =>
+        PARSERS[oid] ?? pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+    },
+  });
+  pool.on('error', (err) => options.onError?.(err));
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  return {
+    kind: 'postgres',
+    db,
+    capabilities: { multipleConnections: true, listen: true },
+    async ping(timeoutMs) {
+      try {
+        await withTimeout(sql`select 1`.execute(db), timeoutMs);
+      } catch (err) {
+        throw explainConnectError(err);
+      }
+    },
+    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
+    close: () => db.destroy(),
+  };
+}

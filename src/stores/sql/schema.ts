@@ -1,0 +1,84 @@
+import type { ColumnType, Generated } from 'kysely';
+
+/** Table types as Kysely sees them. Keep in step with the migrations. */
+export interface Database {
+  customers: CustomersTable;
+  accounts: AccountsTable;
+  ledger_transactions: LedgerTransactionsTable;
+  ledger_entries: LedgerEntriesTable;
+  fee_charges: FeeChargesTable;
+  idempotency_keys: IdempotencyKeysTable;
+  api_keys: ApiKeysTable;
+  outbox: OutboxTable;
+}
+
+type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+
+export interface CustomersTable {
+  id: Generated<number>;
+  name: string;
+  date_of_birth: string;
+  created_at: Generated<Date>;
+}
+
+export interface AccountsTable {
+  account_id: Generated<number>;
+  customer_id: number;
+  account_type: 'checking' | 'savings';
+  currency: Generated<'USD' | 'EUR' | 'GBP'>;
+  balance: Generated<number>;
+  created_at: Generated<Date>;
+}
+
+export interface LedgerTransactionsTable {
+  id: Generated<number>;
+  kind: 'deposit' | 'withdrawal' | 'transfer' | 'fee';
+  reference: string | null;
+  created_at: Generated<Date>;
+}
+
+/** One side of a movement: `account_id` for a customer account, `system_account` for the bank's own. */
+export interface LedgerEntriesTable {
+  id: Generated<number>;
+  transaction_id: number;
+  account_id: number | null;
+  system_account: 'cash' | 'fee_income' | null;
+  amount: number;
+}
+
+export interface FeeChargesTable {
+  reference: string;
+  account_id: number;
+  transaction_id: number;
+}
+
+export interface IdempotencyKeysTable {
+  scope: string;
+  key: string;
+  request_hash: string;
+  state: 'in_flight' | 'done';
+  response_status: number | null;
+  response_body: unknown;
+  locked_until: Timestamp;
+  expires_at: Timestamp;
+  created_at: Generated<Date>;
+}
+
+export interface ApiKeysTable {
+  id: Generated<number>;
+  prefix: string;
+  secret_hash: string;
+  role: 'admin' | 'customer';
+  customer_id: number | null;
+  created_at: Generated<Date>;
+  revoked_at: Date | null;
+}
+
+export interface OutboxTable {
+  id: Generated<number>;
+  topic: string;
+  aggregate_id: string;
+  payload: unknown;
+  created_at: Generated<Date>;
+  published_at: Date | null;
+}

@@ -1,0 +1,51 @@
+import { pino } from 'pino';
+import { createApp, type App } from '../../src/app.ts';
+import type { Config } from '../../src/config.ts';
+import { createTestDatabase, type EngineName, type TestDatabase } from './engines.ts';
+
+export interface TestApp {
+  readonly app: App;
+  readonly db: TestDatabase;
+  readonly adminKey: string;
+  /** Authorization header value for the admin key. */
+  readonly admin: { authorization: string };
+  close(): Promise<void>;
+}
+
+/** The config a test app runs with: everything default but the database. */
+export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): Config {
+  return {
+    dataDir: '/nonexistent-databank-test-dir',
+    host: '127.0.0.1',
+    port: 0,
+    sql: db.sql,
+    migrateOnBoot: true,
+    demoData: true,
+    logLevel: 'silent',
+    ...overrides,
+  };
+}
+
+/** An app on a fresh database with the chapter's demo data and an admin key. */
+export async function startTestApp(engine: EngineName, label: string, overrides: Partial<Config> = {}): Promise<TestApp> {
+  const db = await createTestDatabase(engine, label);
+  const app = await createApp(testConfig(db, overrides), { logger: pino({ level: 'silent' }), defaultMetrics: false });
+  const adminKey = app.bootstrapped?.adminKey;
+  if (!adminKey) throw new Error('bootstrap made no admin key');
+  return {
+    app,
+    db,
+    adminKey,
+    admin: { authorization: `Bearer ${adminKey}` },
+    async close() {
+      await app.close();
+      await db.drop();
+    },
+  };
+}
+
+/** Makes a key through the service, as `databank keys create` does. */
+export async function customerKey(t: TestApp, customerId: number): Promise<{ authorization: string }> {
+  const created = await t.app.deps.apiKeys.create('customer', customerId);
+  return { authorization: `Bearer ${created.key}` };
+}
