@@ -1,7 +1,8 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FileMigrationProvider, Migrator, type Kysely, type MigrationResultSet } from 'kysely';
+import { Migrator, type Kysely, type MigrationResultSet } from 'kysely';
+import { MIGRATIONS } from './migrations/index.ts';
 import type { Database } from './schema.ts';
 
 /** The folder of versioned migrations: the same files for the embedded engine and the server. */
@@ -14,7 +15,7 @@ export const MIGRATIONS_DIR = fileURLToPath(new URL('./migrations', import.meta.
 export function createMigrator(db: Kysely<Database>): Migrator {
   return new Migrator({
     db,
-    provider: new FileMigrationProvider({ fs, path, migrationFolder: MIGRATIONS_DIR }),
+    provider: { getMigrations: async () => MIGRATIONS },
     migrationTableName: 'databank_migrations',
     migrationLockTableName: 'databank_migrations_lock',
   });
@@ -50,8 +51,18 @@ export async function makeMigration(name: string): Promise<string> {
   const files = await fs.readdir(MIGRATIONS_DIR);
   const numbers = files.map((f) => Number(/^(\d{4})_/.exec(f)?.[1] ?? 0));
   const next = String(Math.max(0, ...numbers) + 1).padStart(4, '0');
-  const file = path.join(MIGRATIONS_DIR, `${next}_${name}.ts`);
+  const id = `${next}_${name}`;
+  const file = path.join(MIGRATIONS_DIR, `${id}.ts`);
   await fs.writeFile(file, TEMPLATE, { flag: 'wx' });
+  const indexFile = path.join(MIGRATIONS_DIR, 'index.ts');
+  const index = await fs.readFile(indexFile, 'utf8');
+  const marker = '  // databank:migrations';
+  await fs.writeFile(
+    indexFile,
+    index
+      .replace(/(import \* as m\d+ from .*\n)(?!import)/, `$1import * as m${next} from './${id}.ts';\n`)
+      .replace(marker, `  '${id}': m${next},\n${marker}`),
+  );
   return file;
 }
 

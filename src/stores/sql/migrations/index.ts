@@ -1,0 +1,12 @@
+import type { Migration } from 'kysely';
+import * as m0001 from './0001_initial.ts';
+
+/**
+ * Every migration, by name; names sort in the order they run. `databank migrate make NAME` adds
+ * the file and its line here. Listing them statically (rather than reading the folder at run time)
+ * keeps them working under any loader and bundler.
+ */
+export const MIGRATIONS: Readonly<Record<string, Migration>> = {
+  '0001_initial': m0001,
+  // databank:migrations (new migrations are added above this line)
+};
