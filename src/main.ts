@@ -1,6 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { NO_MIGRATIONS } from 'kysely';
 import { createApp } from './app.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createLogger } from './logger.ts';
@@ -116,7 +117,7 @@ export function buildCli(): Command {
       withStore(async (store) => {
         const migrator = createMigrator(store.db);
         const results = opts.all
-          ? (unwrap(await migrator.migrateTo(Symbol.for('NO_MIGRATIONS') as never)).results ?? [])
+          ? (unwrap(await migrator.migrateTo(NO_MIGRATIONS)).results ?? [])
           : (unwrap(await migrator.migrateDown()).results ?? []);
         const reverted = results.map((r) => r.migrationName);
         print(!!opts.json, { reverted }, reverted.length ? reverted.map((n) => `reverted ${n}`).join('\n') : 'nothing to roll back');

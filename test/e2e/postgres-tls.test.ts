@@ -159,6 +159,24 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** Stops the throwaway cluster; if pg_ctl cannot, signals its postmaster (a process this suite started). */
+async function stopCluster(cwd: string, dataDir: string): Promise<void> {
+  // The postmaster writes its pid file first thing and removes it last: no file, no server.
+  if (!existsSync(join(dataDir, 'postmaster.pid'))) return;
+  try {
+    await pgTool('pg_ctl', ['-D', dataDir, '-m', 'immediate', '-w', '-t', '20', 'stop'], cwd);
+    return;
+  } catch (err) {
+    console.warn(`pg_ctl stop failed: ${String(err)}`);
+  }
+  try {
+    const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+    if (Number.isInteger(pid) && pid > 0) process.kill(pid, 'SIGQUIT');
+  } catch {
+    // No pid file: no postmaster left to stop.
+  }
+}
+
 function readLog(path: string): string {
   try {
     return readFileSync(path, 'utf8');
@@ -223,10 +241,15 @@ describe.skipIf(missing.length > 0)('PostgreSQL over TLS (throwaway cluster)', (
       chownSync(join(dataDir, 'pg_hba.conf'), PG_IDS.uid, PG_IDS.gid);
     }
 
-    await pgTool('pg_ctl', ['-D', dataDir, '-l', logFile, '-W', 'start'], dir);
+    // Marked started before the call: if pg_ctl fails or times out, afterAll still stops whatever runs.
     started = true;
+    try {
+      await pgTool('pg_ctl', ['-D', dataDir, '-l', logFile, '-w', '-t', '30', 'start'], dir);
+    } catch (err) {
+      throw new Error(`pg_ctl start failed (${String(err)}):\n${readLog(logFile)}`);
+    }
 
-    // Readiness: pg_isready over TCP, bounded; a dead postmaster ends the wait early.
+    // Readiness of the TCP listener: pg_isready, bounded; a dead postmaster ends the wait early.
     const deadline = Date.now() + 20_000;
     for (;;) {
       try {
@@ -246,11 +269,7 @@ describe.skipIf(missing.length > 0)('PostgreSQL over TLS (throwaway cluster)', (
 
   afterAll(async () => {
     try {
-      if (started && root) {
-        await pgTool('pg_ctl', ['-D', dataDir, '-m', 'immediate', '-w', 'stop'], root).catch((err: unknown) => {
-          console.warn(`pg_ctl stop failed: ${String(err)}`);
-        });
-      }
+      if (started && root) await stopCluster(root, dataDir);
     } finally {
       if (root) rmSync(root, { recursive: true, force: true });
     }
