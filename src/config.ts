@@ -90,7 +90,8 @@ function parseSql(env: Env, dataDir: string, problems: string[]): SqlConfig | nu
     try {
       ca = readFileSync(caPath, 'utf8');
     } catch (err) {
-      problems.push(`DATABASE_SSL_CA: cannot read the CA file (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+      const source = env.DATABASE_SSL_CA ? 'DATABASE_SSL_CA' : 'DATABASE_URL (sslrootcert)';
+      problems.push(`${source}: cannot read the CA file (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
     }
   }
   const mode = sslmode ?? (caPath ? 'verify-full' : 'disable');

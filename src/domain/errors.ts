@@ -17,7 +17,6 @@ export const ERRORS = {
   DATABANK_ERR_FORBIDDEN: { status: 403, message: 'This API key may not do that' },
   DATABANK_ERR_NOT_FOUND: { status: 404, message: 'No such resource' },
   DATABANK_ERR_ROUTE_NOT_FOUND: { status: 404, message: 'No such route' },
-  DATABANK_ERR_METHOD_NOT_ALLOWED: { status: 405, message: 'This route does not accept that method' },
   DATABANK_ERR_INSUFFICIENT_FUNDS: { status: 409, message: 'The account balance is too low' },
   DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT: {
     status: 409,

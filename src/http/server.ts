@@ -36,6 +36,8 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
     return503OnClosing: true,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
   });
+  // The API speaks JSON only; Fastify's default text parser would let a text body reach validation.
+  app.removeContentTypeParser('text/plain');
   app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id);
   });

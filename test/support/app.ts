@@ -1,4 +1,4 @@
-import { pino } from 'pino';
+import { pino, type Logger } from 'pino';
 import { createApp, type App } from '../../src/app.ts';
 import type { Config } from '../../src/config.ts';
 import { createTestDatabase, type EngineName, type TestDatabase } from './engines.ts';
@@ -27,9 +27,14 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
 }
 
 /** An app on a fresh database with the chapter's demo data and an admin key. */
-export async function startTestApp(engine: EngineName, label: string, overrides: Partial<Config> = {}): Promise<TestApp> {
+export async function startTestApp(
+  engine: EngineName,
+  label: string,
+  overrides: Partial<Config> = {},
+  logger: Logger = pino({ level: 'silent' }),
+): Promise<TestApp> {
   const db = await createTestDatabase(engine, label);
-  const app = await createApp(testConfig(db, overrides), { logger: pino({ level: 'silent' }), defaultMetrics: false });
+  const app = await createApp(testConfig(db, overrides), { logger, defaultMetrics: false });
   const adminKey = app.bootstrapped?.adminKey;
   if (!adminKey) throw new Error('bootstrap made no admin key');
   return {

@@ -40,8 +40,9 @@ export function tlsOptions(ssl: SslConfig): false | ConnectionOptions {
     case 'disable':
       return false;
     case 'require':
-      // libpq's `require` encrypts without verifying; verify-full is the one to use in production.
-      return { rejectUnauthorized: false };
+      // libpq's `require` encrypts without verifying, unless a root certificate is given, in which
+      // case it behaves as verify-ca. verify-full is the one to use in production.
+      return ssl.ca ? tlsOptions({ mode: 'verify-ca', ca: ssl.ca }) : { rejectUnauthorized: false };
     case 'verify-ca':
       return { rejectUnauthorized: true, ...(ssl.ca ? { ca: ssl.ca } : {}), checkServerIdentity: () => undefined };
     case 'verify-full':
@@ -54,7 +55,12 @@ export function explainConnectError(err: unknown): Error {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   const message = err instanceof Error ? err.message : String(err);
   if (code && CERT_ERRORS.has(code)) {
-    const what = code === 'ERR_TLS_CERT_ALTNAME_INVALID' ? 'its host name does not match' : 'it is not signed by the trusted CA';
+    const what =
+      code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+        ? 'its host name does not match'
+        : code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
+          ? 'it is outside its validity period'
+          : 'it is not signed by the trusted CA';
     return new DatabaseConnectError(
       `PostgreSQL server certificate rejected: ${what} (${code}: ${message})`,
       { cause: err },

@@ -1,0 +1,345 @@
+import { randomBytes } from 'node:crypto';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ERRORS, type ErrorCode } from '../../src/domain/errors.ts';
+import { customerKey, startTestApp, type TestApp } from '../support/app.ts';
+import { ENGINES } from '../support/engines.ts';
+
+/**
+ * Authentication and authorization over every route: who may call what, and what a refusal looks
+ * like. A customer key must not learn whether another customer's ids exist, and no refused call
+ * may move money.
+ */
+
+type Method = 'GET' | 'POST' | 'PATCH';
+type Headers = Record<string, string>;
+type Response = Awaited<ReturnType<TestApp['app']['http']['inject']>>;
+
+interface RouteCase {
+  readonly method: Method;
+  readonly url: string;
+  readonly body?: object;
+}
+
+/** Every route that needs a key, with a request that an admin key would be allowed to make. */
+const PROTECTED: readonly RouteCase[] = [
+  { method: 'GET', url: '/customers' },
+  { method: 'POST', url: '/customers', body: { name: 'Eve', date_of_birth: '1990-01-01' } },
+  { method: 'GET', url: '/customers/1' },
+  { method: 'PATCH', url: '/customers/1', body: { name: 'Eve' } },
+  { method: 'POST', url: '/customers/1/accounts', body: { account_type: 'savings' } },
+  { method: 'GET', url: '/customers/1/accounts' },
+  { method: 'GET', url: '/accounts/1' },
+  { method: 'GET', url: '/accounts/1/entries' },
+  { method: 'POST', url: '/accounts/1/deposits', body: { amount: 100 } },
+  { method: 'POST', url: '/accounts/1/withdrawals', body: { amount: 100 } },
+  { method: 'POST', url: '/transfers', body: { from_account_id: 1, to_account_id: 2, amount: 100 } },
+  { method: 'POST', url: '/fees', body: { amount: 1, reference: 'authz-fee' } },
+  { method: 'GET', url: '/metrics' },
+  { method: 'GET', url: '/openapi.json' },
+];
+
+const GHOST = 999_999;
+
+function errorOf(code: ErrorCode) {
+  return { statusCode: ERRORS[code].status, code, message: ERRORS[code].message };
+}
+
+/** The response is exactly the catalog error `code` with its default message. */
+function expectCatalogError(res: Response, code: ErrorCode, what: string): void {
+  expect({ what, status: res.statusCode, body: res.json() as unknown }).toEqual({
+    what,
+    status: ERRORS[code].status,
+    body: errorOf(code),
+  });
+}
+
+function unknownWellFormedKey(): string {
+  return `dbk_${randomBytes(8).toString('hex')}_${randomBytes(32).toString('base64url')}`;
+}
+
+for (const engine of ENGINES) {
+  describe(engine, () => {
+    let t: TestApp;
+    let cust1: Headers;
+    let cust2: Headers;
+    /** The account opened for customer 2 in setup. */
+    let extra: number;
+    /** An account customer 1 opens for itself (allowed), once that test has run. */
+    let ownOpened: number | null = null;
+    let transferDone = false;
+
+    const call = (method: Method, url: string, headers: Headers, body?: object | string): Promise<Response> =>
+      t.app.http.inject({ method, url, headers, ...(body === undefined ? {} : { payload: body }) });
+
+    beforeAll(async () => {
+      t = await startTestApp(engine, 'api-authz');
+      cust1 = await customerKey(t, 1);
+      cust2 = await customerKey(t, 2);
+      const opened = await call('POST', '/customers/2/accounts', t.admin, { account_type: 'savings' });
+      expect(opened.statusCode).toBe(201);
+      const account = opened.json<{ account_id: number; customer_id: number; balance: number }>();
+      expect(account.customer_id).toBe(2);
+      expect(account.balance).toBe(0);
+      extra = account.account_id;
+    });
+
+    afterAll(async () => {
+      await t?.close();
+    });
+
+    describe('authentication', () => {
+      it('health checks answer without a key, and ignore a bad one', async () => {
+        for (const headers of [{}, { authorization: 'Bearer nonsense' }]) {
+          const health = await call('GET', '/healthz', headers);
+          expect([health.statusCode, health.json()]).toEqual([200, { status: 'ok' }]);
+          const ready = await call('GET', '/readyz', headers);
+          expect([ready.statusCode, ready.json()]).toEqual([200, { status: 'ready' }]);
+        }
+      });
+
+      it('every protected route answers 401 without an Authorization header', async () => {
+        for (const route of PROTECTED) {
+          const res = await call(route.method, route.url, {}, route.body);
+          expectCatalogError(res, 'DATABANK_ERR_UNAUTHORIZED', `${route.method} ${route.url}`);
+          expect(res.headers['www-authenticate']).toBe('Bearer realm="databank"');
+        }
+      });
+
+      it('every protected route answers 401 to malformed keys and schemes', async () => {
+        const admin = t.adminKey;
+        const malformed = [
+          'Bearer',
+          'Bearer ',
+          admin, // no scheme
+          `Basic ${Buffer.from(`admin:${admin}`).toString('base64')}`,
+          `Token ${admin}`,
+          'Bearer not-a-key',
+          `Bearer ${admin}x`,
+          `Bearer ${admin.slice(0, -1)}`,
+          `Bearer ${admin.toUpperCase()}`,
+          `Bearer ${admin} ${admin}`,
+          `Bearer ${admin.replace(/^dbk_/, 'dbx_')}`,
+          `Bearer dbk_${'g'.repeat(16)}_${'A'.repeat(43)}`,
+        ];
+        for (const route of PROTECTED) {
+          for (const authorization of malformed) {
+            const res = await call(route.method, route.url, { authorization }, route.body);
+            expectCatalogError(res, 'DATABANK_ERR_UNAUTHORIZED', `${route.method} ${route.url} with ${JSON.stringify(authorization)}`);
+          }
+        }
+      });
+
+      it('every protected route answers 401 to well-formed keys it does not know', async () => {
+        const secretStart = t.adminKey.length - 43;
+        const flipped = t.adminKey[secretStart] === 'A' ? 'B' : 'A';
+        const keys = [
+          unknownWellFormedKey(),
+          unknownWellFormedKey(),
+          // The admin key's prefix with another secret: the row exists, the secret does not match.
+          `${t.adminKey.slice(0, secretStart)}${flipped}${t.adminKey.slice(secretStart + 1)}`,
+        ];
+        expect(keys[2]).toMatch(/^dbk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/);
+        expect(keys[2]).not.toBe(t.adminKey);
+        for (const route of PROTECTED) {
+          for (const key of keys) {
+            const res = await call(route.method, route.url, { authorization: `Bearer ${key}` }, route.body);
+            expectCatalogError(res, 'DATABANK_ERR_UNAUTHORIZED', `${route.method} ${route.url} with ${key}`);
+          }
+        }
+      });
+
+      it('a revoked key answers 401', async () => {
+        const fresh = await t.app.deps.apiKeys.create('customer', 1);
+        await t.app.sql.db.updateTable('api_keys').set({ revoked_at: new Date() }).where('id', '=', fresh.id).execute();
+        const res = await call('GET', '/customers/1', { authorization: `Bearer ${fresh.key}` });
+        expectCatalogError(res, 'DATABANK_ERR_UNAUTHORIZED', 'revoked key');
+      });
+
+      it('authentication comes before body parsing and validation', async () => {
+        for (const route of PROTECTED.filter((r) => r.method !== 'GET')) {
+          const res = await t.app.http.inject({
+            method: route.method,
+            url: route.url,
+            headers: { 'content-type': 'application/json' },
+            payload: '{"not json',
+          });
+          expectCatalogError(res, 'DATABANK_ERR_UNAUTHORIZED', `${route.method} ${route.url} with a broken body`);
+        }
+      });
+    });
+
+    describe('a customer key', () => {
+      it('works on its own customer and accounts (so refusals below are not a broken key)', async () => {
+        const customer = await call('GET', '/customers/1', cust1);
+        expect([customer.statusCode, customer.json()]).toEqual([
+          200,
+          { id: 1, name: 'Brian Kim', date_of_birth: '1948-09-23', balance: 1500 },
+        ]);
+        const account = await call('GET', '/accounts/1', cust1);
+        expect([account.statusCode, account.json()]).toEqual([
+          200,
+          { account_id: 1, account_type: 'checking', balance: 1500, customer_id: 1, currency: 'USD' },
+        ]);
+        const entries = await call('GET', '/accounts/1/entries', cust1);
+        expect(entries.statusCode).toBe(200);
+        expect(entries.json<{ result: Array<{ amount: number; kind: string }> }>().result).toEqual([
+          expect.objectContaining({ amount: 1500, kind: 'deposit' }),
+        ]);
+        const patched = await call('PATCH', '/customers/1', cust1, {});
+        expect([patched.statusCode, patched.json<{ name: string }>().name]).toEqual([200, 'Brian Kim']);
+        const spec = await call('GET', '/openapi.json', cust1);
+        expect([spec.statusCode, spec.json<{ openapi: string }>().openapi]).toEqual([200, '3.1.0']);
+        // Customer 2's key sees the account the admin opened for it.
+        const theirs = await call('GET', `/accounts/${extra}`, cust2);
+        expect([theirs.statusCode, theirs.json<{ customer_id: number }>().customer_id]).toEqual([200, 2]);
+      });
+
+      it('GET /customers lists only its own customer, whatever the query', async () => {
+        for (const query of ['', '?limit=100', '?limit=1', '?born_after=1900-01-01']) {
+          const res = await call('GET', `/customers${query}`, cust1);
+          expect({ query, status: res.statusCode, body: res.json() as unknown }).toEqual({
+            query,
+            status: 200,
+            body: { result: [{ id: 1, name: 'Brian Kim', date_of_birth: '1948-09-23', balance: 1500 }] },
+          });
+        }
+        // Past its own id, or born after it, a customer key sees nothing, not the next customer.
+        for (const query of [`?cursor=${Buffer.from('id:1').toString('base64url')}`, '?born_after=1960-01-01']) {
+          const res = await call('GET', `/customers${query}`, cust1);
+          expect({ query, status: res.statusCode, body: res.json() as unknown }).toEqual({
+            query,
+            status: 200,
+            body: { result: [] },
+          });
+        }
+      });
+
+      it("GET /customers/1/accounts lists only customer 1's accounts", async () => {
+        const res = await call('GET', '/customers/1/accounts', cust1);
+        expect(res.statusCode).toBe(200);
+        expect(res.json<{ result: Array<{ account_id: number; customer_id: number }> }>().result.map((a) => a.account_id)).toEqual([1]);
+      });
+
+      it("answers another customer's ids exactly as it answers ids that do not exist", async () => {
+        const cases: Array<{ method: Method; url: (id: number) => string; body?: object; ids: number[] }> = [
+          { method: 'GET', url: (id) => `/customers/${id}`, ids: [2, 3] },
+          { method: 'PATCH', url: (id) => `/customers/${id}`, body: { name: 'Mallory' }, ids: [2, 3] },
+          { method: 'PATCH', url: (id) => `/customers/${id}`, body: {}, ids: [2, 3] },
+          { method: 'GET', url: (id) => `/customers/${id}/accounts`, ids: [2, 3] },
+          { method: 'POST', url: (id) => `/customers/${id}/accounts`, body: { account_type: 'savings' }, ids: [2, 3] },
+          { method: 'GET', url: (id) => `/accounts/${id}`, ids: [2, 3, extra] },
+          { method: 'GET', url: (id) => `/accounts/${id}/entries`, ids: [2, 3, extra] },
+          { method: 'GET', url: (id) => `/accounts/${id}/entries?limit=1`, ids: [2, 3, extra] },
+        ];
+        for (const c of cases) {
+          const ghost = await call(c.method, c.url(GHOST), cust1, c.body);
+          expectCatalogError(ghost, 'DATABANK_ERR_NOT_FOUND', `${c.method} ${c.url(GHOST)}`);
+          for (const id of c.ids) {
+            const res = await call(c.method, c.url(id), cust1, c.body);
+            expectCatalogError(res, 'DATABANK_ERR_NOT_FOUND', `${c.method} ${c.url(id)}`);
+            // Byte for byte the same answer: nothing tells an existing id from a missing one.
+            expect(res.body, `${c.method} ${c.url(id)}`).toBe(ghost.body);
+            expect(res.headers['content-length']).toBe(ghost.headers['content-length']);
+          }
+        }
+      });
+
+      it("may not move money out of another customer's account, which looks nonexistent", async () => {
+        const ghost = await call('POST', '/transfers', cust1, { from_account_id: GHOST, to_account_id: 1, amount: 1 });
+        expectCatalogError(ghost, 'DATABANK_ERR_NOT_FOUND', 'transfer from a missing account');
+        for (const from of [2, 3, extra]) {
+          for (const to of [1, 2, 3, GHOST]) {
+            if (from === to) continue;
+            for (const amount of [1, 100, 1_000_000]) {
+              const body = { from_account_id: from, to_account_id: to, amount };
+              const res = await call('POST', '/transfers', cust1, body);
+              expectCatalogError(res, 'DATABANK_ERR_NOT_FOUND', `transfer ${JSON.stringify(body)}`);
+              expect(res.body).toBe(ghost.body);
+            }
+          }
+        }
+        // The same with an Idempotency-Key: refused, and the refusal replays as it was.
+        const body = { from_account_id: 2, to_account_id: 1, amount: 5 };
+        const headers = { ...cust1, 'idempotency-key': 'authz-steal-1' };
+        const first = await call('POST', '/transfers', headers, body);
+        expectCatalogError(first, 'DATABANK_ERR_NOT_FOUND', 'idempotent transfer from account 2');
+        const again = await call('POST', '/transfers', headers, body);
+        expectCatalogError(again, 'DATABANK_ERR_NOT_FOUND', 'replayed transfer from account 2');
+        expect(again.headers['idempotent-replayed']).toBe('true');
+      });
+
+      it('is refused admin-only operations with 403', async () => {
+        const cases: RouteCase[] = [
+          { method: 'POST', url: '/customers', body: { name: 'Eve', date_of_birth: '1990-01-01' } },
+          { method: 'POST', url: '/fees', body: { amount: 1, reference: 'authz-fee' } },
+          { method: 'GET', url: '/metrics' },
+        ];
+        for (const kind of ['deposits', 'withdrawals']) {
+          // The same 403 for its own account, another customer's and a missing one.
+          for (const id of [1, 2, extra, GHOST]) cases.push({ method: 'POST', url: `/accounts/${id}/${kind}`, body: { amount: 100 } });
+        }
+        for (const c of cases) {
+          const res = await call(c.method, c.url, cust1, c.body);
+          expectCatalogError(res, 'DATABANK_ERR_FORBIDDEN', `${c.method} ${c.url}`);
+          const withKey = await call(c.method, c.url, { ...cust1, 'idempotency-key': `authz-403-${c.url}` }, c.body);
+          expectCatalogError(withKey, 'DATABANK_ERR_FORBIDDEN', `${c.method} ${c.url} with an Idempotency-Key`);
+        }
+      });
+
+      it('may open an account for itself', async () => {
+        const res = await call('POST', '/customers/1/accounts', cust1, { account_type: 'savings', currency: 'USD' });
+        expect(res.statusCode).toBe(201);
+        const account = res.json<{ account_id: number; customer_id: number; balance: number }>();
+        expect([account.customer_id, account.balance]).toEqual([1, 0]);
+        ownOpened = account.account_id;
+      });
+
+      it('may pay into another customer’s account', async () => {
+        const res = await call('POST', '/transfers', cust1, { from_account_id: 1, to_account_id: 2, amount: 100 });
+        expect(res.statusCode).toBe(201);
+        expect(res.json()).toEqual({
+          transfer_id: expect.any(Number),
+          from_account_id: 1,
+          to_account_id: 2,
+          amount: 100,
+          created_at: expect.any(String),
+        });
+        transferDone = true;
+        // Paying a missing account is refused and moves nothing.
+        const ghost = await call('POST', '/transfers', cust1, { from_account_id: 1, to_account_id: GHOST, amount: 100 });
+        expect([ghost.statusCode, ghost.json<{ code: string }>().code]).toEqual([404, 'DATABANK_ERR_NOT_FOUND']);
+      });
+    });
+
+    it('after every refusal, only the one allowed transfer moved money', async () => {
+      expect(transferDone).toBe(true);
+      expect(ownOpened).not.toBeNull();
+      const expected: Record<number, number> = { 1: 1400, 2: 4953, 3: 2150, [extra]: 0, [ownOpened as number]: 0 };
+      for (const [id, balance] of Object.entries(expected)) {
+        const res = await call('GET', `/accounts/${id}`, t.admin);
+        expect([id, res.statusCode, res.json<{ balance: number }>().balance]).toEqual([id, 200, balance]);
+      }
+      // Straight from the store: no other account exists, no other movement was recorded.
+      const accounts = await t.app.sql.db.selectFrom('accounts').select(['account_id', 'customer_id', 'balance']).orderBy('account_id').execute();
+      expect(Object.fromEntries(accounts.map((a) => [a.account_id, a.balance]))).toEqual(expected);
+      expect(accounts.find((a) => a.account_id === extra)?.customer_id).toBe(2);
+      expect(accounts.find((a) => a.account_id === ownOpened)?.customer_id).toBe(1);
+      const kinds = await sql<{ kind: string; n: number }>`
+        select kind, count(*)::bigint as n from ledger_transactions group by kind order by kind
+      `.execute(t.app.sql.db);
+      expect(kinds.rows).toEqual([
+        { kind: 'deposit', n: 3 },
+        { kind: 'transfer', n: 1 },
+      ]);
+      const customers = await t.app.sql.db.selectFrom('customers').select(['id', 'name']).orderBy('id').execute();
+      expect(customers).toEqual([
+        { id: 1, name: 'Brian Kim' },
+        { id: 2, name: 'Karen Johnson' },
+        { id: 3, name: 'Wade Feinstein' },
+      ]);
+      const fees = await t.app.sql.db.selectFrom('fee_charges').select('account_id').execute();
+      expect(fees).toEqual([]);
+    });
+  });
+}

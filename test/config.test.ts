@@ -1,0 +1,81 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../src/config.ts';
+
+describe('config', () => {
+  it('defaults to PGlite under the data dir, migrations on boot', () => {
+    const config = loadConfig({});
+    expect(config).toEqual({
+      dataDir: resolve('.databank'),
+      host: '127.0.0.1',
+      port: 3000,
+      sql: { kind: 'pglite', dataDir: resolve('.databank/pglite') },
+      migrateOnBoot: true,
+      demoData: true,
+      logLevel: 'info',
+    });
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.sql)).toBe(true);
+  });
+
+  it('uses a pool with DATABASE_URL and does not migrate on boot unless told', () => {
+    const config = loadConfig({ DATABASE_URL: 'postgres://u:p@db.example:5432/bank', DATABASE_POOL_MAX: '7' });
+    expect(config.sql).toEqual({
+      kind: 'postgres',
+      connectionString: 'postgres://u:p@db.example:5432/bank',
+      ssl: { mode: 'disable' },
+      poolMax: 7,
+    });
+    expect(config.migrateOnBoot).toBe(false);
+    expect(loadConfig({ DATABASE_URL: 'postgres://h/db', MIGRATE_ON_BOOT: 'true' }).migrateOnBoot).toBe(true);
+    expect(loadConfig({ MIGRATE_ON_BOOT: 'false' }).migrateOnBoot).toBe(false);
+  });
+
+  it('reads sslmode and the CA, and strips TLS parameters from the connection string', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'databank-config-'));
+    const ca = join(dir, 'ca.pem');
+    writeFileSync(ca, 'CA');
+    const full = loadConfig({ DATABASE_URL: 'postgres://h/db?sslmode=verify-full', DATABASE_SSL_CA: ca });
+    expect(full.sql).toMatchObject({ connectionString: 'postgres://h/db', ssl: { mode: 'verify-full', ca: 'CA' } });
+    const implied = loadConfig({ DATABASE_URL: `postgres://h/db?sslrootcert=${ca}` });
+    expect(implied.sql).toMatchObject({ ssl: { mode: 'verify-full', ca: 'CA' } });
+  });
+
+  it('lists every bad variable in one error', () => {
+    let error: unknown;
+    try {
+      loadConfig({
+        PORT: 'eighty',
+        LOG_LEVEL: 'loud',
+        DATABASE_URL: 'mysql://h/db',
+        MIGRATE_ON_BOOT: 'maybe',
+        DATABANK_DEMO_DATA: 'perhaps',
+        DATABASE_POOL_MAX: '0',
+      });
+    } catch (err) {
+      error = err;
+    }
+    expect(error).toBeInstanceOf(ConfigError);
+    const problems = (error as ConfigError).problems.map((p) => p.split(':')[0]);
+    expect(problems.sort()).toEqual(
+      ['DATABANK_DEMO_DATA', 'DATABASE_POOL_MAX', 'DATABASE_URL', 'LOG_LEVEL', 'MIGRATE_ON_BOOT', 'PORT'].sort(),
+    );
+    expect((error as Error).message).toContain('PORT: "eighty" is not a whole number from 0 to 65535');
+  });
+
+  it('refuses unsupported sslmodes, unreadable CA files and a CA without a database', () => {
+    expect(() => loadConfig({ DATABASE_URL: 'postgres://h/db?sslmode=prefer' })).toThrow(/sslmode=prefer is not supported/);
+    expect(() => loadConfig({ DATABASE_URL: 'postgres://h/db', DATABASE_SSL_CA: '/no/such/ca.pem' })).toThrow(
+      /DATABASE_SSL_CA: cannot read the CA file \(ENOENT\)/,
+    );
+    expect(() => loadConfig({ DATABASE_SSL_CA: '/no/such/ca.pem' })).toThrow(/DATABASE_URL is not/);
+  });
+
+  it('never puts the password of DATABASE_URL into an error message', () => {
+    expect(() => loadConfig({ DATABASE_URL: 'postgres://u:s3cret@h/db?sslmode=nope' })).toThrow(
+      expect.objectContaining({ message: expect.not.stringContaining('s3cret') }),
+    );
+  });
+});
