@@ -1,15 +1,20 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { NO_MIGRATIONS } from 'kysely';
-import { createApp } from './app.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
-import { createLogger } from './logger.ts';
-import { ApiKeysService } from './services/api-keys.ts';
-import { seedIfEmpty } from './services/bootstrap.ts';
-import { inTransaction } from './services/transaction.ts';
-import { openSqlStore, type SqlStore } from './stores/sql/index.ts';
-import { createMigrator, makeMigration, migrationStatus, unwrap } from './stores/sql/migrator.ts';
+import type { SqlStore } from './stores/sql/index.ts';
+
+// Commands load the stores and the server only when they run, so that `--help` answers at once.
+const lazy = {
+  app: () => import('./app.ts'),
+  logger: () => import('./logger.ts'),
+  apiKeys: () => import('./services/api-keys.ts'),
+  bootstrap: () => import('./services/bootstrap.ts'),
+  transaction: () => import('./services/transaction.ts'),
+  sql: () => import('./stores/sql/index.ts'),
+  migrator: () => import('./stores/sql/migrator.ts'),
+  kysely: () => import('kysely'),
+};
 
 /** Loads the config or stops with the list of bad variables. */
 function configOrExit(): Config {
@@ -26,7 +31,7 @@ function configOrExit(): Config {
 
 async function withStore<T>(work: (store: SqlStore, config: Config) => Promise<T>): Promise<T> {
   const config = configOrExit();
-  const store = await openSqlStore(config.sql);
+  const store = await (await lazy.sql()).openSqlStore(config.sql);
   try {
     await store.ping(10_000);
     return await work(store, config);
@@ -49,8 +54,8 @@ function saveAdminKey(dataDir: string, key: string): string {
 
 async function serve(): Promise<void> {
   const config = configOrExit();
-  const logger = createLogger(config.logLevel);
-  const app = await createApp(config, { logger });
+  const logger = (await lazy.logger()).createLogger(config.logLevel);
+  const app = await (await lazy.app()).createApp(config, { logger });
   if (app.bootstrapped?.seeded) logger.info('loaded the demo customers 1-3');
   if (app.bootstrapped?.adminKey) {
     const file = saveAdminKey(config.dataDir, app.bootstrapped.adminKey);
@@ -103,6 +108,7 @@ export function buildCli(): Command {
     .option('--json', 'machine-readable output')
     .action((opts: { json?: boolean }) =>
       withStore(async (store) => {
+        const { createMigrator, unwrap } = await lazy.migrator();
         const results = unwrap(await createMigrator(store.db).migrateToLatest()).results ?? [];
         const applied = results.map((r) => r.migrationName);
         print(!!opts.json, { applied }, applied.length ? applied.map((n) => `applied ${n}`).join('\n') : 'up to date');
@@ -115,6 +121,8 @@ export function buildCli(): Command {
     .option('--json', 'machine-readable output')
     .action((opts: { json?: boolean; all?: boolean }) =>
       withStore(async (store) => {
+        const { createMigrator, unwrap } = await lazy.migrator();
+        const { NO_MIGRATIONS } = await lazy.kysely();
         const migrator = createMigrator(store.db);
         const results = opts.all
           ? (unwrap(await migrator.migrateTo(NO_MIGRATIONS)).results ?? [])
@@ -129,7 +137,7 @@ export function buildCli(): Command {
     .option('--json', 'machine-readable output')
     .action((opts: { json?: boolean }) =>
       withStore(async (store) => {
-        const status = await migrationStatus(store.db);
+        const status = await (await lazy.migrator()).migrationStatus(store.db);
         print(
           !!opts.json,
           status.map((m) => ({ name: m.name, applied_at: m.executedAt?.toISOString() ?? null })),
@@ -142,7 +150,7 @@ export function buildCli(): Command {
     .description('create a new, empty migration file')
     .argument('<name>', 'snake_case name, e.g. add_statements')
     .action(async (name: string) => {
-      print(false, null, `created ${await makeMigration(name)}`);
+      print(false, null, `created ${await (await lazy.migrator()).makeMigration(name)}`);
     });
 
   program
@@ -151,7 +159,8 @@ export function buildCli(): Command {
     .option('--json', 'machine-readable output')
     .action((opts: { json?: boolean }) =>
       withStore(async (store) => {
-        const seeded = await inTransaction(store.db, (trx) => seedIfEmpty(trx));
+        const { seedIfEmpty } = await lazy.bootstrap();
+        const seeded = await (await lazy.transaction()).inTransaction(store.db, (trx) => seedIfEmpty(trx));
         print(!!opts.json, { seeded }, seeded ? 'loaded customers 1-3' : 'customers exist already; nothing loaded');
       }),
     );
@@ -168,6 +177,7 @@ export function buildCli(): Command {
         if ((opts.role === 'customer') !== (opts.customer !== undefined)) {
           throw new InvalidArgumentError('--customer is required with --role customer and not allowed with --role admin');
         }
+        const { ApiKeysService } = await lazy.apiKeys();
         const created = await new ApiKeysService(store.db).create(opts.role, opts.customer ?? null);
         print(!!opts.json, created, created.key);
       }),

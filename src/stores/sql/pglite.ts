@@ -5,6 +5,7 @@ import { PGliteDialect } from 'kysely-pglite-dialect';
 import type { Database } from './schema.ts';
 import type { SqlStore } from './port.ts';
 import { PARSERS } from './type-parsers.ts';
+import { lockDataDir } from './data-dir-lock.ts';
 import { withTimeout } from './timeout.ts';
 
 /**
@@ -14,8 +15,18 @@ import { withTimeout } from './timeout.ts';
  * @param dataDir where to persist; null keeps everything in memory (tests).
  */
 export async function openPglite(dataDir: string | null): Promise<SqlStore> {
-  if (dataDir) mkdirSync(dataDir, { recursive: true });
-  const pg = await PGlite.create(dataDir ?? 'memory://', { parsers: PARSERS });
+  let unlock = () => {};
+  if (dataDir) {
+    mkdirSync(dataDir, { recursive: true });
+    unlock = lockDataDir(dataDir);
+  }
+  let pg: PGlite;
+  try {
+    pg = await PGlite.create(dataDir ?? 'memory://', { parsers: PARSERS });
+  } catch (err) {
+    unlock();
+    throw err;
+  }
   const db = new Kysely<Database>({ dialect: new PGliteDialect(pg) });
   return {
     kind: 'pglite',
@@ -25,6 +36,12 @@ export async function openPglite(dataDir: string | null): Promise<SqlStore> {
       await withTimeout(sql`select 1`.execute(db), timeoutMs);
     },
     poolStats: () => ({ total: 1, idle: 1, waiting: 0 }),
-    close: () => db.destroy(),
+    async close() {
+      try {
+        await db.destroy();
+      } finally {
+        unlock();
+      }
+    },
   };
 }

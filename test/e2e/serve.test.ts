@@ -1,0 +1,169 @@
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli, serve } from '../support/cli.ts';
+
+const CHAPTER =
+  '{"result":[{"id":2,"name":"Karen Johnson","date_of_birth":"1989-11-18","balance":4853},' +
+  '{"id":3,"name":"Wade Feinstein","date_of_birth":"1965-02-25","balance":2150}]}';
+
+describe('databank serve on the embedded engine, over a real socket', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'databank-serve-'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('first start: migrates, loads the chapter data, makes an admin key (0600), answers the chapter query', async () => {
+    const s = await serve({ DATABANK_DATA_DIR: dir });
+    try {
+      const keyFile = join(dir, 'admin-key');
+      expect(statSync(keyFile).mode & 0o777).toBe(0o600);
+      const key = readFileSync(keyFile, 'utf8').trim();
+      expect(key).toMatch(/^dbk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/);
+      expect(s.stderr.split(key).length - 1).toBe(1);
+      expect(s.stdout).not.toContain(key);
+      const res = await fetch(`${s.base}/customers?born_after=1950-12-31`, { headers: { authorization: `Bearer ${key}` } });
+      expect(res.status).toBe(200);
+      expect(await res.text()).toBe(CHAPTER);
+      const unauth = await fetch(`${s.base}/customers`);
+      expect(unauth.status).toBe(401);
+      expect(unauth.headers.get('www-authenticate')).toBe('Bearer realm="databank"');
+      const transfer = await fetch(`${s.base}/transfers`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ from_account_id: 1, to_account_id: 2, amount: 100 }),
+      });
+      expect(transfer.status).toBe(201);
+    } finally {
+      expect(await s.stop()).toBe(0);
+    }
+  });
+
+  it('a second process on the same data dir is refused while the first runs', async () => {
+    const s = await serve({ DATABANK_DATA_DIR: dir });
+    try {
+      const second = await runCli(['migrate', 'status'], { DATABANK_DATA_DIR: dir });
+      expect(second.code).toBe(1);
+      expect(second.stderr).toContain(`is in use by process ${s.child.pid}`);
+    } finally {
+      expect(await s.stop()).toBe(0);
+    }
+  });
+
+  it('second start: data persisted, no new key, nothing printed', async () => {
+    const key = readFileSync(join(dir, 'admin-key'), 'utf8').trim();
+    const s = await serve({ DATABANK_DATA_DIR: dir });
+    try {
+      expect(s.stderr).not.toContain('admin API key was created');
+      const res = await fetch(`${s.base}/customers`, { headers: { authorization: `Bearer ${key}` } });
+      const body = (await res.json()) as { result: Array<{ balance: number }> };
+      expect(body.result.map((c) => c.balance)).toEqual([1400, 4953, 2150]);
+    } finally {
+      await s.stop();
+    }
+    expect(readFileSync(join(dir, 'admin-key'), 'utf8').trim()).toBe(key);
+  });
+
+  it('SIGTERM drains in-flight requests: every answered transfer is committed, none half-done', async () => {
+    const key = readFileSync(join(dir, 'admin-key'), 'utf8').trim();
+    const s = await serve({ DATABANK_DATA_DIR: dir });
+    const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+    const sent = Array.from({ length: 40 }, (_, i) =>
+      fetch(`${s.base}/transfers`, {
+        method: 'POST',
+        headers: { ...headers, 'idempotency-key': `drain-${i}` },
+        body: JSON.stringify({ from_account_id: 2, to_account_id: 3, amount: 1 }),
+      }).then(
+        async (r) => ({ status: r.status, body: await r.text() }),
+        (err: Error) => ({ status: 0, body: err.message }),
+      ),
+    );
+    // Stop as soon as the first transfer has been answered, with the rest in flight or queued.
+    await Promise.race(sent);
+    const exitCode = await s.stop();
+    const results = await Promise.all(sent);
+    expect(exitCode).toBe(0);
+    expect(s.stdout).toContain('draining in-flight requests');
+    const completed = results.filter((r) => r.status === 201).length;
+    expect(results.filter((r) => ![201, 503, 0].includes(r.status))).toEqual([]);
+    expect(completed).toBeGreaterThanOrEqual(1);
+
+    // Restart and count: exactly the answered transfers moved money.
+    const again = await serve({ DATABANK_DATA_DIR: dir });
+    try {
+      const res = await fetch(`${again.base}/accounts/3`, { headers });
+      expect(((await res.json()) as { balance: number }).balance).toBe(2150 + completed);
+    } finally {
+      await again.stop();
+    }
+  });
+});
+
+describe('databank CLI', () => {
+  let dir: string;
+  const env = () => ({ DATABANK_DATA_DIR: dir });
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'databank-cli-'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('every command has --help', async () => {
+    for (const args of [[], ['serve'], ['migrate'], ['migrate', 'latest'], ['migrate', 'rollback'], ['migrate', 'status'], ['migrate', 'make'], ['seed'], ['keys', 'create']]) {
+      const r = await runCli([...args, '--help'], env());
+      expect(r.code, args.join(' ')).toBe(0);
+      expect(r.stdout, args.join(' ')).toMatch(/^Usage: databank/);
+    }
+  });
+
+  it('migrates, reports status, rolls back and migrates again, with --json', async () => {
+    expect(JSON.parse((await runCli(['migrate', 'latest', '--json'], env())).stdout)).toEqual({ applied: ['0001_initial'] });
+    expect(JSON.parse((await runCli(['migrate', 'latest', '--json'], env())).stdout)).toEqual({ applied: [] });
+    const status = JSON.parse((await runCli(['migrate', 'status', '--json'], env())).stdout) as Array<{ name: string; applied_at: string | null }>;
+    expect(status.map((m) => m.name)).toEqual(['0001_initial']);
+    expect(typeof status[0]?.applied_at).toBe('string');
+    expect(JSON.parse((await runCli(['migrate', 'rollback', '--json'], env())).stdout)).toEqual({ reverted: ['0001_initial'] });
+    expect((await runCli(['migrate', 'status'], env())).stdout.trim()).toBe('pending  0001_initial');
+    expect((await runCli(['migrate', 'latest'], env())).stdout.trim()).toBe('applied 0001_initial');
+  });
+
+  it('seeds once, and makes keys that work with the API', async () => {
+    expect(JSON.parse((await runCli(['seed', '--json'], env())).stdout)).toEqual({ seeded: true });
+    expect(JSON.parse((await runCli(['seed', '--json'], env())).stdout)).toEqual({ seeded: false });
+    const created = JSON.parse((await runCli(['keys', 'create', '--role', 'customer', '--customer', '2', '--json'], env())).stdout);
+    expect(created).toMatchObject({ role: 'customer', customer_id: 2 });
+    expect(created.key).toMatch(/^dbk_/);
+    const s = await serve(env());
+    try {
+      const own = await fetch(`${s.base}/customers/2`, { headers: { authorization: `Bearer ${created.key}` } });
+      expect(await own.json()).toEqual({ id: 2, name: 'Karen Johnson', date_of_birth: '1989-11-18', balance: 4853 });
+      const other = await fetch(`${s.base}/customers/3`, { headers: { authorization: `Bearer ${created.key}` } });
+      expect(other.status).toBe(404);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('refuses bad arguments with a message and a non-zero exit', async () => {
+    const noCustomer = await runCli(['keys', 'create', '--role', 'customer'], env());
+    expect(noCustomer.code).toBe(1);
+    expect(noCustomer.stderr).toContain('--customer is required with --role customer');
+    const badRole = await runCli(['keys', 'create', '--role', 'root'], env());
+    expect(badRole.code).not.toBe(0);
+    expect(badRole.stderr).toContain("argument 'root' is invalid");
+    const missing = await runCli(['keys', 'create', '--role', 'customer', '--customer', '999'], env());
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('customer 999 does not exist');
+    const badName = await runCli(['migrate', 'make', 'Bad Name'], env());
+    expect(badName.code).toBe(1);
+    expect(badName.stderr).toContain('a migration name is 1 to 64 of a-z, 0-9 and _');
+  });
+
+  it('stops at start on bad configuration, listing every bad variable', async () => {
+    const r = await runCli(['serve'], { ...env(), PORT: 'x', LOG_LEVEL: 'loud' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('PORT: "x" is not a whole number');
+    expect(r.stderr).toContain('LOG_LEVEL: "loud" is not one of');
+  });
+});
