@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli, serve } from '../support/cli.ts';
+import { createTestDatabase, ENGINES, type TestDatabase } from '../support/engines.ts';
 
 const CHAPTER =
   '{"result":[{"id":2,"name":"Karen Johnson","date_of_birth":"1989-11-18","balance":4853},' +
@@ -165,5 +166,58 @@ describe('databank CLI', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('PORT: "x" is not a whole number');
     expect(r.stderr).toContain('LOG_LEVEL: "loud" is not one of');
+  });
+});
+
+describe.skipIf(!ENGINES.includes('postgres'))('databank serve against an empty PostgreSQL database', () => {
+  let db: TestDatabase;
+  let dir: string;
+  beforeAll(async () => {
+    db = await createTestDatabase('postgres', 'serve-postgres');
+    dir = mkdtempSync(join(tmpdir(), 'databank-serve-pg-'));
+  });
+  afterAll(async () => {
+    rmSync(dir, { recursive: true, force: true });
+    await db?.drop();
+  });
+
+  it('does not migrate on boot by default, and says what to run', async () => {
+    await expect(serve({ DATABANK_DATA_DIR: dir, DATABASE_URL: db.url as string })).rejects.toThrow(
+      /schema is behind by 1 migration\(s\) \(0001_initial\): run `databank migrate latest`, or set MIGRATE_ON_BOOT=true/,
+    );
+  });
+
+  it('after `migrate latest`, the first start seeds the chapter data and makes an admin key; the second does neither', async () => {
+    const env = { DATABANK_DATA_DIR: dir, DATABASE_URL: db.url as string };
+    expect(JSON.parse((await runCli(['migrate', 'latest', '--json'], env)).stdout)).toEqual({ applied: ['0001_initial'] });
+    const first = await serve(env);
+    const key = readFileSync(join(dir, 'admin-key'), 'utf8').trim();
+    try {
+      const res = await fetch(`${first.base}/customers?born_after=1950-12-31`, { headers: { authorization: `Bearer ${key}` } });
+      expect(await res.text()).toBe(CHAPTER);
+    } finally {
+      expect(await first.stop()).toBe(0);
+    }
+    const second = await serve(env);
+    await second.stop();
+    expect(second.stderr).not.toContain('admin API key was created');
+  });
+
+  it('DATABANK_DEMO_DATA=false starts with no customers', async () => {
+    const empty = await createTestDatabase('postgres', 'serve-postgres-empty');
+    const emptyDir = mkdtempSync(join(tmpdir(), 'databank-serve-empty-'));
+    try {
+      const s = await serve({ DATABANK_DATA_DIR: emptyDir, DATABASE_URL: empty.url as string, MIGRATE_ON_BOOT: 'true', DATABANK_DEMO_DATA: 'false' });
+      try {
+        const key = readFileSync(join(emptyDir, 'admin-key'), 'utf8').trim();
+        const res = await fetch(`${s.base}/customers`, { headers: { authorization: `Bearer ${key}` } });
+        expect(await res.json()).toEqual({ result: [] });
+      } finally {
+        await s.stop();
+      }
+    } finally {
+      rmSync(emptyDir, { recursive: true, force: true });
+      await empty.drop();
+    }
   });
 });
