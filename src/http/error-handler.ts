@@ -34,6 +34,8 @@ export function toDatabankError(err: unknown): DatabankError | null {
   if (translated instanceof DatabankError) return translated;
   const fe = err as Partial<FastifyError> & { validation?: unknown; validationContext?: string };
   if (fe.validation) {
+    // The only header any route validates is Idempotency-Key: its refusal has a code of its own.
+    if (fe.validationContext === 'headers') return new DatabankError('DATABANK_ERR_IDEMPOTENCY_KEY_INVALID');
     return new DatabankError('DATABANK_ERR_VALIDATION', `${fe.validationContext ?? 'request'} ${fe.message ?? ''}`.trim());
   }
   if (err instanceof SyntaxError && (err as FastifyError).statusCode === 400) {

@@ -7,6 +7,8 @@ import { ACCOUNT_TYPES, CURRENCIES, MAX_AMOUNT } from '../domain/money.ts';
  * after validation.
  */
 export const Id = Type.String({ pattern: '^[1-9][0-9]{0,14}$', description: 'a positive integer id' });
+/** An id in a body: the same range as a path id, so that it always fits a bigint column. */
+export const IdValue = Type.Integer({ minimum: 1, maximum: 999_999_999_999_999, description: 'a positive integer id' });
 export const IdParams = Type.Object({ id: Id }, { additionalProperties: false });
 export type IdParams = Static<typeof IdParams>;
 
@@ -16,7 +18,7 @@ export const Name = Type.String({
   minLength: 1,
   maxLength: 128,
   // Printable text with at least one non-space character.
-  pattern: '^[^\\u0000-\\u001f\\u007f]*[^\\s\\u0000-\\u001f\\u007f][^\\u0000-\\u001f\\u007f]*$',
+  pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]*[^\\s\\u0000-\\u001f\\u007f\\ud800-\\udfff][^\\u0000-\\u001f\\u007f\\ud800-\\udfff]*$',
 });
 export const Limit = Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1 to 100, default 100' });
 export const Cursor = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' });

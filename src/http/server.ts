@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { FastifyBaseLogger } from 'fastify';
 import { registerAuth } from './auth.ts';
 import type { HttpDeps } from './deps.ts';
-import { registerErrorHandlers } from './error-handler.ts';
+import { DatabankError } from '../domain/errors.ts';
+import { errorBody, registerErrorHandlers } from './error-handler.ts';
 import { registerHttpMetrics } from './metrics.ts';
 import { accountRoutes } from './routes/accounts.ts';
 import { customerRoutes } from './routes/customers.ts';
@@ -34,6 +35,11 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     },
     return503OnClosing: true,
+    // A badly percent-encoded URL or an over-long path parameter is refused before routing, where
+    // the error handler does not reach: answer those from the catalog too.
+    frameworkErrors: (err: FastifyError, _request: FastifyRequest, reply: FastifyReply) => {
+      reply.code(400).send(errorBody(new DatabankError('DATABANK_ERR_VALIDATION', err.message)));
+    },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
   });
   // The API speaks JSON only; Fastify's default text parser would let a text body reach validation.

@@ -59,16 +59,10 @@ export class CustomersService {
 
   async update(principal: Principal, id: number, input: { name?: string }): Promise<Customer> {
     assertOwns(principal, id);
+    const name = input.name;
+    if (name === undefined) return this.get(principal, id);
     return inTransaction(this.db, async (trx) => {
-      if (input.name !== undefined) {
-        const updated = await trx
-          .updateTable('customers')
-          .set({ name: input.name })
-          .where('id', '=', id)
-          .returning('id')
-          .executeTakeFirst();
-        if (!updated) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${id} does not exist`);
-      }
+      await trx.updateTable('customers').set({ name }).where('id', '=', id).execute();
       const customer = await this.selectCustomers(trx).where('c.id', '=', id).executeTakeFirst();
       if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${id} does not exist`);
       await trx

@@ -90,7 +90,8 @@ for (const engine of ENGINES) {
 
     describe('authentication', () => {
       it('health checks answer without a key, and ignore a bad one', async () => {
-        for (const headers of [{}, { authorization: 'Bearer nonsense' }]) {
+        const variants: Headers[] = [{}, { authorization: 'Bearer nonsense' }];
+        for (const headers of variants) {
           const health = await call('GET', '/healthz', headers);
           expect([health.statusCode, health.json()]).toEqual([200, { status: 'ok' }]);
           const ready = await call('GET', '/readyz', headers);

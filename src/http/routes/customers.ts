@@ -26,8 +26,11 @@ const UpdateBody = Type.Object({ name: Type.Optional(Name) }, { additionalProper
 /** A calendar date that exists (no 2023-02-30), as YYYY-MM-DD. */
 export function assertRealDate(value: string, field: string): void {
   const [y, m, d] = value.split('-').map(Number) as [number, number, number];
-  const date = new Date(Date.UTC(y, m - 1, d));
-  if (date.getUTCFullYear() !== y || date.getUTCMonth() !== m - 1 || date.getUTCDate() !== d) {
+  // setUTCFullYear, unlike Date.UTC, takes years 0-99 literally instead of as 1900-1999.
+  const date = new Date(0);
+  date.setUTCFullYear(y, m - 1, d);
+  // PostgreSQL has no year 0.
+  if (y < 1 || date.getUTCFullYear() !== y || date.getUTCMonth() !== m - 1 || date.getUTCDate() !== d) {
     throw new DatabankError('DATABANK_ERR_VALIDATION', `${field} is not a calendar date`);
   }
 }

@@ -4,11 +4,11 @@ import { isDatabankError } from '../../domain/errors.ts';
 import { principalOf } from '../auth.ts';
 import type { HttpDeps } from '../deps.ts';
 import { idempotent } from '../idempotent.ts';
-import { Amount, COMMON_ERRORS, ErrorBody, IDEMPOTENCY_HEADERS, IdParams, Timestamp } from '../schemas.ts';
+import { Amount, COMMON_ERRORS, ErrorBody, IDEMPOTENCY_HEADERS, IdParams, IdValue, Timestamp } from '../schemas.ts';
 
 const AmountBody = Type.Object({ amount: Amount }, { additionalProperties: false });
 const TransferBody = Type.Object(
-  { from_account_id: Type.Integer({ minimum: 1 }), to_account_id: Type.Integer({ minimum: 1 }), amount: Amount },
+  { from_account_id: IdValue, to_account_id: IdValue, amount: Amount },
   { additionalProperties: false },
 );
 const FeeBody = Type.Object(
