@@ -72,7 +72,7 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       customers: new CustomersService(sql.db),
       accounts: new AccountsService(sql.db),
       movements: new MovementsService(sql.db, idempotency, retry),
-      transfers: new TransfersService(sql.db, idempotency, retry),
+      transfers: new TransfersService(sql.db, retry),
       fees: new FeesService(sql.db, idempotency, retry),
       idempotency,
       apiKeys,

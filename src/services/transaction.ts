@@ -31,17 +31,26 @@ export async function inTransaction<T>(
   work: (trx: Tx) => Promise<T>,
   retry: RetryOptions = DEFAULT_RETRY,
 ): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
+  return withRetry(() => db.transaction().execute(work), retry);
+}
+
+/**
+ * Runs `attempt` (a transaction, or one statement that is its own transaction) again after a
+ * serialization failure or deadlock, a bounded number of times, then answers
+ * DATABANK_ERR_CONTENTION. Other errors pass through `translateDbError`.
+ */
+export async function withRetry<T>(attempt: () => Promise<T>, retry: RetryOptions = DEFAULT_RETRY): Promise<T> {
+  for (let n = 1; ; n++) {
     try {
-      return await db.transaction().execute(work);
+      return await attempt();
     } catch (err) {
       const state = sqlState(err);
       if (state && RETRYABLE.has(state)) {
-        if (attempt >= retry.attempts) {
+        if (n >= retry.attempts) {
           throw new DatabankError('DATABANK_ERR_CONTENTION', undefined, { cause: err });
         }
         retry.onRetry?.(state);
-        await delay(Math.random() * retry.backoffMs * 2 ** attempt);
+        await delay(Math.random() * retry.backoffMs * 2 ** n);
         continue;
       }
       throw translateDbError(err);
