@@ -1,0 +1,68 @@
+import type { Kysely } from 'kysely';
+import { runStatements } from '../run-statements.ts';
+
+/**
+ * A transfer as one server-side function: one round trip from the app, and plans that PL/pgSQL
+ * prepares once per connection instead of once per request. It is the store's primitive for
+ * "move money atomically"; the rules about who may call it and what its outcomes mean stay in
+ * `services/transfers.ts`.
+ *
+ * Under READ COMMITTED each statement in the function sees the newest committed rows, so the
+ * balance it checks after taking the locks is the balance it changes.
+ */
+export async function up(db: Kysely<unknown>): Promise<void> {
+  await runStatements(db, [
+    `create function databank_transfer(
+      p_from bigint, p_to bigint, p_amount bigint, p_owner bigint, p_scope text, p_key text,
+      out outcome text, out out_transfer_id bigint, out out_created_at text
+    ) language plpgsql as $$
+    declare
+      r record;
+      src_owner bigint;
+      src_currency text;
+      src_balance bigint;
+      dst_currency text;
+      ts timestamptz;
+      body jsonb;
+    begin
+      -- Lock both accounts in ascending id order, the order every writer uses.
+      for r in select account_id, customer_id, currency, balance from accounts
+               where account_id in (p_from, p_to) order by account_id for update loop
+        if r.account_id = p_from then
+          src_owner := r.customer_id; src_currency := r.currency; src_balance := r.balance;
+        else
+          dst_currency := r.currency;
+        end if;
+      end loop;
+      -- A customer's key may move money only out of its own accounts; others look nonexistent.
+      if src_owner is null or (p_owner is not null and src_owner <> p_owner) then
+        outcome := 'source_not_found'; return;
+      end if;
+      if dst_currency is null then outcome := 'target_not_found'; return; end if;
+      if src_currency <> dst_currency then outcome := 'currency_mismatch'; return; end if;
+      if src_balance < p_amount then outcome := 'insufficient_funds'; return; end if;
+
+      update accounts set balance = balance - p_amount where account_id = p_from;
+      update accounts set balance = balance + p_amount where account_id = p_to;
+      insert into ledger_transactions (kind) values ('transfer')
+        returning ledger_transactions.id, ledger_transactions.created_at into out_transfer_id, ts;
+      insert into ledger_entries (transaction_id, account_id, amount)
+        values (out_transfer_id, p_from, -p_amount), (out_transfer_id, p_to, p_amount);
+      out_created_at := to_char(ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
+      body := jsonb_build_object('transfer_id', out_transfer_id, 'from_account_id', p_from,
+        'to_account_id', p_to, 'amount', p_amount, 'created_at', out_created_at);
+      insert into outbox (topic, aggregate_id, payload)
+        values ('transfer.completed', out_transfer_id::text, body || jsonb_build_object('transaction_id', out_transfer_id));
+      if p_key is not null then
+        update idempotency_keys set state = 'done', response_status = 201, response_body = body
+          where scope = p_scope and key = p_key;
+      end if;
+      outcome := 'completed';
+    end;
+    $$`,
+  ]);
+}
+
+export async function down(db: Kysely<unknown>): Promise<void> {
+  await runStatements(db, ['drop function databank_transfer(bigint, bigint, bigint, bigint, text, text)']);
+}
