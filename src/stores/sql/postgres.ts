@@ -1,5 +1,5 @@
 import type { ConnectionOptions } from 'node:tls';
-import { Kysely, PostgresDialect, sql } from 'kysely';
+import { Kysely, PostgresDialect, sql, type PostgresPool, type PostgresPoolClient } from 'kysely';
 import pg from 'pg';
 import type { SslConfig } from '../../config.ts';
 import type { Database } from './schema.ts';
@@ -72,6 +72,49 @@ export function explainConnectError(err: unknown): Error {
   return err instanceof Error ? err : new Error(message);
 }
 
+/** SQL text → prepared statement name, shared by all connections. */
+const statementNames = new Map<string, string>();
+/** Past this many distinct texts (e.g. IN lists of many lengths), queries run unnamed again. */
+const MAX_STATEMENTS = 1_000;
+
+function statementName(text: string): string | undefined {
+  let name = statementNames.get(text);
+  if (!name && statementNames.size < MAX_STATEMENTS) {
+    name = `dbk_${statementNames.size + 1}`;
+    statementNames.set(text, name);
+  }
+  return name;
+}
+
+/**
+ * A pool whose parameterised queries run as named prepared statements. An unnamed statement is
+ * parsed, analysed and planned on every run; a named one is parsed once per connection, and after
+ * five runs PostgreSQL may keep a generic plan. Queries without parameters (BEGIN, COMMIT, DDL)
+ * stay simple queries.
+ */
+function preparing(pool: pg.Pool): PostgresPool {
+  const wrapped = new WeakMap<pg.PoolClient, PostgresPoolClient>();
+  const wrap = (client: pg.PoolClient): PostgresPoolClient => ({
+    query: ((text: unknown, values?: unknown[]) => {
+      const name = typeof text === 'string' && values && values.length > 0 ? statementName(text) : undefined;
+      return name ? client.query({ name, text: text as string, values }) : client.query(text as string, values);
+    }) as unknown as PostgresPoolClient['query'],
+    release: (destroy?: boolean) => client.release(destroy),
+  });
+  return {
+    async connect() {
+      const client = await pool.connect();
+      let w = wrapped.get(client);
+      if (!w) {
+        w = wrap(client);
+        wrapped.set(client, w);
+      }
+      return w;
+    },
+    end: () => pool.end(),
+  };
+}
+
 /** PostgreSQL server through a `pg` pool. */
 export async function openPostgres(options: PostgresOptions): Promise<SqlStore> {
   const pool = new pg.Pool({
@@ -89,7 +132,7 @@ export async function openPostgres(options: PostgresOptions): Promise<SqlStore> 
     },
   });
   pool.on('error', (err) => options.onError?.(err));
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: preparing(pool) }) });
   return {
     kind: 'postgres',
     db,
