@@ -13,6 +13,8 @@ import { IdempotencyService } from './services/idempotency.ts';
 import { MovementsService } from './services/movements.ts';
 import { DEFAULT_RETRY, type RetryOptions } from './services/transaction.ts';
 import { TransfersService } from './services/transfers.ts';
+import { CachedReads } from './services/cached-reads.ts';
+import { openCacheStore } from './stores/cache/index.ts';
 import { openSqlStore, type SqlStore } from './stores/sql/index.ts';
 import { createMigrator, migrationStatus, unwrap } from './stores/sql/migrator.ts';
 
@@ -42,6 +44,9 @@ export interface AppOptions {
  */
 export async function createApp(config: Config, options: AppOptions): Promise<App> {
   const { logger } = options;
+  const cacheWarn = rateLimited(10_000, (err: unknown, suppressed: number) =>
+    logger.warn({ err, suppressed }, 'cache unavailable: serving from PostgreSQL'),
+  );
   const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'));
   const closers: Array<() => Promise<void>> = [() => sql.close()];
   const close = async () => {
@@ -61,7 +66,24 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
         );
       }
     }
-    const metrics = createMetrics(() => sql.poolStats(), { defaultMetrics: options.defaultMetrics ?? true });
+    const cacheStore = await openCacheStore(config.cache.store, (err) => cacheWarn(err));
+    if (cacheStore) closers.push(() => cacheStore.close());
+    const metrics = createMetrics(() => sql.poolStats(), {
+      defaultMetrics: options.defaultMetrics ?? true,
+      cacheEvictions: cacheStore ? async () => (await cacheStore.stats('')).evictions : undefined,
+    });
+    const cache = new CachedReads(
+      cacheStore,
+      { prefix: config.cache.prefix, ttlMs: config.cache.ttlSeconds * 1000, negativeTtlMs: 2_000, tombstoneMs: 30_000 },
+      {
+        hit: (family) => metrics.cacheRequests.inc({ family, result: 'hit' }),
+        miss: (family) => metrics.cacheRequests.inc({ family, result: 'miss' }),
+        error: (family, err) => {
+          metrics.cacheErrors.inc({ family });
+          cacheWarn(err);
+        },
+      },
+    );
     const retry: RetryOptions = {
       ...(options.retry ?? DEFAULT_RETRY),
       onRetry: (state) => metrics.transactionRetries.inc({ sqlstate: state }),
@@ -69,11 +91,12 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     const idempotency = new IdempotencyService(sql.db);
     const apiKeys = new ApiKeysService(sql.db);
     const deps: HttpDeps = {
-      customers: new CustomersService(sql.db),
-      accounts: new AccountsService(sql.db),
-      movements: new MovementsService(sql.db, idempotency, retry),
-      transfers: new TransfersService(sql.db, retry),
-      fees: new FeesService(sql.db, idempotency, retry),
+      customers: new CustomersService(sql.db, cache),
+      accounts: new AccountsService(sql.db, cache),
+      movements: new MovementsService(sql.db, idempotency, cache, retry),
+      transfers: new TransfersService(sql.db, cache, retry),
+      fees: new FeesService(sql.db, idempotency, cache, retry),
+      cache,
       idempotency,
       apiKeys,
       metrics,
@@ -93,4 +116,20 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     await close().catch(() => undefined);
     throw err;
   }
+}
+
+/** Calls `log` at most once per `intervalMs`, telling it how many calls it swallowed since. */
+function rateLimited(intervalMs: number, log: (err: unknown, suppressed: number) => void) {
+  let last = 0;
+  let suppressed = 0;
+  return (err: unknown) => {
+    const now = Date.now();
+    if (now - last < intervalMs) {
+      suppressed++;
+      return;
+    }
+    log(err, suppressed);
+    last = now;
+    suppressed = 0;
+  };
 }

@@ -16,6 +16,20 @@ export type SslConfig =
   | { readonly mode: 'disable' }
   | { readonly mode: 'require' | 'verify-ca' | 'verify-full'; readonly ca: string | null };
 
+/** The key-value cache: off, in-process (one process only), or Redis/Valkey shared by all. */
+export type CacheConfig =
+  | { readonly kind: 'off' }
+  | { readonly kind: 'memory'; readonly maxEntries: number; readonly maxBytes: number }
+  | { readonly kind: 'redis'; readonly url: string; readonly commandTimeoutMs: number };
+
+export interface CacheSettings {
+  readonly store: CacheConfig;
+  /** Keys start with `<prefix>:v<schema>:`, so deployments and cached shapes never mix. */
+  readonly prefix: string;
+  /** The last line of defence against a missed invalidation, not the correctness mechanism. */
+  readonly ttlSeconds: number;
+}
+
 export interface Config {
   readonly dataDir: string;
   readonly host: string;
@@ -24,6 +38,9 @@ export interface Config {
   readonly migrateOnBoot: boolean;
   readonly demoData: boolean;
   readonly logLevel: LogLevel;
+  readonly cache: CacheSettings;
+  /** How many copies of the app run against the same stores. */
+  readonly instances: number;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -60,8 +77,10 @@ export function loadConfig(env: Env = process.env): Config {
   const sql = parseSql(env, dataDir, problems);
   const migrateOnBoot = parseBoolVar(env, 'MIGRATE_ON_BOOT', sql?.kind !== 'postgres', problems);
   const demoData = parseBoolVar(env, 'DATABANK_DEMO_DATA', true, problems);
+  const instances = parseIntVar(env, 'DATABANK_INSTANCES', 1, 1, 10_000, problems);
+  const cache = parseCache(env, instances, problems);
   if (problems.length > 0 || sql === null) throw new ConfigError(problems);
-  return deepFreeze({ dataDir, host, port, sql, migrateOnBoot, demoData, logLevel });
+  return deepFreeze({ dataDir, host, port, sql, migrateOnBoot, demoData, logLevel, cache, instances });
 }
 
 function parseSql(env: Env, dataDir: string, problems: string[]): SqlConfig | null {
@@ -111,6 +130,43 @@ function parseSql(env: Env, dataDir: string, problems: string[]): SqlConfig | nu
       return null;
   }
   return { kind: 'postgres', connectionString: parsed.toString(), ssl, poolMax };
+}
+
+function parseCache(env: Env, instances: number, problems: string[]): CacheSettings {
+  const prefix = env.DATABANK_CACHE_PREFIX || 'databank';
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(prefix)) {
+    problems.push(`DATABANK_CACHE_PREFIX: "${prefix}" is not 1 to 64 of A-Z, a-z, 0-9, _ . -`);
+  }
+  const ttlSeconds = parseIntVar(env, 'DATABANK_CACHE_TTL_SECONDS', 300, 1, 86_400, problems);
+  const mode = env.DATABANK_CACHE || 'on';
+  if (mode !== 'on' && mode !== 'off') problems.push(`DATABANK_CACHE: "${mode}" is not on or off`);
+  let store: CacheConfig;
+  if (mode === 'off') {
+    store = { kind: 'off' };
+  } else if (env.REDIS_URL) {
+    let ok = false;
+    try {
+      ok = ['redis:', 'rediss:'].includes(new URL(env.REDIS_URL).protocol);
+    } catch {
+      ok = false;
+    }
+    if (!ok) problems.push('REDIS_URL: not a redis:// or rediss:// URL');
+    const commandTimeoutMs = parseIntVar(env, 'DATABANK_CACHE_TIMEOUT_MS', 50, 1, 10_000, problems);
+    store = { kind: 'redis', url: env.REDIS_URL, commandTimeoutMs };
+  } else {
+    if (instances > 1) {
+      problems.push(
+        `DATABANK_INSTANCES: ${instances} copies cannot share the in-process cache: a write through one copy ` +
+          'would leave the others serving the old value. Set REDIS_URL, or DATABANK_CACHE=off',
+      );
+    }
+    store = {
+      kind: 'memory',
+      maxEntries: parseIntVar(env, 'DATABANK_CACHE_MAX_ENTRIES', 10_000, 1, 10_000_000, problems),
+      maxBytes: parseIntVar(env, 'DATABANK_CACHE_MAX_BYTES', 64 * 1024 * 1024, 1024, 2 ** 40, problems),
+    };
+  }
+  return { store, prefix, ttlSeconds };
 }
 
 function parseIntVar(env: Env, name: string, dflt: number, min: number, max: number, problems: string[]): number {

@@ -15,6 +15,8 @@ describe('config', () => {
       migrateOnBoot: true,
       demoData: true,
       logLevel: 'info',
+      cache: { store: { kind: 'memory', maxEntries: 10_000, maxBytes: 64 * 1024 * 1024 }, prefix: 'databank', ttlSeconds: 300 },
+      instances: 1,
     });
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.sql)).toBe(true);
@@ -71,6 +73,17 @@ describe('config', () => {
       /DATABASE_SSL_CA: cannot read the CA file \(ENOENT\)/,
     );
     expect(() => loadConfig({ DATABASE_SSL_CA: '/no/such/ca.pem' })).toThrow(/DATABASE_URL is not/);
+  });
+
+  it('uses Redis with REDIS_URL, and refuses the in-process cache for several instances', () => {
+    expect(loadConfig({ REDIS_URL: 'redis://127.0.0.1:6379', DATABANK_INSTANCES: '3' }).cache.store).toEqual({
+      kind: 'redis',
+      url: 'redis://127.0.0.1:6379',
+      commandTimeoutMs: 50,
+    });
+    expect(() => loadConfig({ DATABANK_INSTANCES: '2' })).toThrow(/DATABANK_INSTANCES: 2 copies cannot share the in-process cache/);
+    expect(loadConfig({ DATABANK_INSTANCES: '2', DATABANK_CACHE: 'off' }).cache.store).toEqual({ kind: 'off' });
+    expect(() => loadConfig({ REDIS_URL: 'http://x' })).toThrow(/REDIS_URL: not a redis:\/\/ or rediss:\/\/ URL/);
   });
 
   it('never puts the password of DATABASE_URL into an error message', () => {

@@ -5,6 +5,7 @@ import type { FeesService } from '../services/fees.ts';
 import type { IdempotencyService } from '../services/idempotency.ts';
 import type { MovementsService } from '../services/movements.ts';
 import type { TransfersService } from '../services/transfers.ts';
+import type { CachedReads } from '../services/cached-reads.ts';
 import type { Metrics } from './metrics.ts';
 
 /** What the HTTP layer needs: services and metrics, never a store. */
@@ -17,6 +18,7 @@ export interface HttpDeps {
   readonly idempotency: IdempotencyService;
   readonly apiKeys: ApiKeysService;
   readonly metrics: Metrics;
+  readonly cache: CachedReads;
   /** Resolves when the database answers. */
   readonly ready: () => Promise<void>;
 }

@@ -5,11 +5,16 @@ import type { PoolStats } from '../stores/sql/port.ts';
 /** The app's Prometheus metrics, in a registry of its own so that several apps can share a process. */
 export interface Metrics {
   readonly registry: Registry;
+  readonly cacheRequests: Counter<'family' | 'result'>;
+  readonly cacheErrors: Counter<'family'>;
   readonly transfers: Counter<'outcome'>;
   readonly transactionRetries: Counter<'sqlstate'>;
 }
 
-export function createMetrics(poolStats: () => PoolStats, options: { defaultMetrics: boolean }): Metrics {
+export function createMetrics(
+  poolStats: () => PoolStats,
+  options: { defaultMetrics: boolean; cacheEvictions?: () => Promise<number> },
+): Metrics {
   const registry = new Registry();
   if (options.defaultMetrics) collectDefaultMetrics({ register: registry });
   const transfers = new Counter({
@@ -38,7 +43,46 @@ export function createMetrics(poolStats: () => PoolStats, options: { defaultMetr
       },
     });
   }
-  return { registry, transfers, transactionRetries };
+  const cacheRequests = new Counter({
+    name: 'databank_cache_requests_total',
+    help: 'Cache lookups by key family and result (hit, miss)',
+    labelNames: ['family', 'result'],
+    registers: [registry],
+  });
+  const cacheErrors = new Counter({
+    name: 'databank_cache_errors_total',
+    help: 'Cache operations that failed (the request was served from PostgreSQL)',
+    labelNames: ['family'],
+    registers: [registry],
+  });
+  new Gauge({
+    name: 'databank_cache_hit_ratio',
+    help: 'Hits / (hits + misses) since start, by key family',
+    labelNames: ['family'],
+    registers: [registry],
+    async collect() {
+      const values = (await cacheRequests.get()).values;
+      const families = new Set(values.map((v) => String(v.labels.family)));
+      for (const family of families) {
+        const count = (result: string) =>
+          values.find((v) => v.labels.family === family && v.labels.result === result)?.value ?? 0;
+        const total = count('hit') + count('miss');
+        this.set({ family }, total === 0 ? 0 : count('hit') / total);
+      }
+    },
+  });
+  const evictions = options.cacheEvictions;
+  if (evictions) {
+    new Gauge({
+      name: 'databank_cache_evictions',
+      help: 'Entries the cache evicted to stay within its bounds',
+      registers: [registry],
+      async collect() {
+        this.set(await evictions().catch(() => 0));
+      },
+    });
+  }
+  return { registry, transfers, transactionRetries, cacheRequests, cacheErrors };
 }
 
 /** Counts requests by route, method and status, and times them. */

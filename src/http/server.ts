@@ -8,6 +8,7 @@ import { DatabankError } from '../domain/errors.ts';
 import { errorBody, registerErrorHandlers } from './error-handler.ts';
 import { registerHttpMetrics } from './metrics.ts';
 import { accountRoutes } from './routes/accounts.ts';
+import { cacheRoutes } from './routes/cache.ts';
 import { customerRoutes } from './routes/customers.ts';
 import { healthRoutes } from './routes/health.ts';
 import { moneyRoutes } from './routes/money.ts';
@@ -58,7 +59,7 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
       security: [{ bearer: [] }],
     },
   });
-  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes]) {
+  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes]) {
     await app.register(async (scope) => routes(scope, deps));
   }
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

@@ -5,17 +5,21 @@ import type { Account, LedgerEntry, Page, Principal } from '../domain/types.ts';
 import type { Database } from '../stores/sql/schema.ts';
 import { assertOwns } from './access.ts';
 import { decodeCursor, toPage } from './paging.ts';
+import { movedMoney, type CachedReads, type CacheOutcome } from './cached-reads.ts';
 import { inTransaction, read } from './transaction.ts';
 
 const ACCOUNT_COLUMNS = ['account_id', 'account_type', 'balance', 'customer_id', 'currency'] as const;
 
 /** Accounts and their ledger. Money moves through the movement services, never here. */
 export class AccountsService {
-  constructor(private readonly db: Kysely<Database>) {}
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly cache: CachedReads,
+  ) {}
 
   async open(principal: Principal, customerId: number, input: { account_type: AccountType; currency?: Currency }) {
     assertOwns(principal, customerId);
-    return inTransaction(this.db, async (trx): Promise<Account> => {
+    const account = await inTransaction(this.db, async (trx): Promise<Account> => {
       const customer = await trx.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst();
       if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
       const account = await trx
@@ -29,31 +33,45 @@ export class AccountsService {
         .execute();
       return account;
     });
+    await this.cache.invalidate(movedMoney([[account.account_id, customerId]]));
+    return account;
   }
 
   async get(principal: Principal, accountId: number): Promise<Account> {
-    const account = await read(() =>
-      this.db.selectFrom('accounts').select(ACCOUNT_COLUMNS).where('account_id', '=', accountId).executeTakeFirst(),
-    );
-    assertOwns(principal, account?.customer_id);
-    return account as Account;
+    return (await this.getCached(principal, accountId)).value;
   }
 
-  async listForCustomer(principal: Principal, customerId: number): Promise<Page<Account>> {
+  /** The account, read through the cache; `cache` says where it came from. */
+  async getCached(principal: Principal, accountId: number): Promise<{ value: Account; cache: CacheOutcome }> {
+    const { value, cache } = await this.cache.getOrLoad('account', accountId, async () => {
+      const row = await read(() =>
+        this.db.selectFrom('accounts').select(ACCOUNT_COLUMNS).where('account_id', '=', accountId).executeTakeFirst(),
+      );
+      return row ?? null;
+    });
+    // Ownership is checked on every read, cached or not.
+    assertOwns(principal, value?.customer_id);
+    return { value: value as Account, cache };
+  }
+
+  async listForCustomer(principal: Principal, customerId: number): Promise<{ value: Page<Account>; cache: CacheOutcome }> {
     assertOwns(principal, customerId);
-    const [customer, accounts] = await read(() =>
-      Promise.all([
-        this.db.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst(),
-        this.db
-          .selectFrom('accounts')
-          .select(ACCOUNT_COLUMNS)
-          .where('customer_id', '=', customerId)
-          .orderBy('account_id')
-          .execute(),
-      ]),
-    );
-    if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
-    return { result: accounts };
+    const { value, cache } = await this.cache.getOrLoad('customer-accounts', customerId, async () => {
+      const [customer, accounts] = await read(() =>
+        Promise.all([
+          this.db.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst(),
+          this.db
+            .selectFrom('accounts')
+            .select(ACCOUNT_COLUMNS)
+            .where('customer_id', '=', customerId)
+            .orderBy('account_id')
+            .execute(),
+        ]),
+      );
+      return customer ? { result: accounts } : null;
+    });
+    if (!value) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
+    return { value, cache };
   }
 
   /** The account's ledger entries, newest first. */

@@ -4,6 +4,7 @@ import type { Customer, Page, Principal } from '../domain/types.ts';
 import type { Database } from '../stores/sql/schema.ts';
 import { assertAdmin, assertOwns } from './access.ts';
 import { decodeCursor, toPage } from './paging.ts';
+import type { CachedReads, CacheOutcome } from './cached-reads.ts';
 import { inTransaction, read } from './transaction.ts';
 
 export interface ListCustomersQuery {
@@ -14,7 +15,10 @@ export interface ListCustomersQuery {
 
 /** Customers: who they are, and the sum of what their accounts hold. */
 export class CustomersService {
-  constructor(private readonly db: Kysely<Database>) {}
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly cache: CachedReads,
+  ) {}
 
   /** Customers ordered by id; a customer key sees only its own customer. */
   async list(principal: Principal, query: ListCustomersQuery): Promise<Page<Customer>> {
@@ -34,15 +38,23 @@ export class CustomersService {
   }
 
   async get(principal: Principal, id: number): Promise<Customer> {
+    return (await this.getCached(principal, id)).value;
+  }
+
+  /** The customer, read through the cache; `cache` says where it came from. */
+  async getCached(principal: Principal, id: number): Promise<{ value: Customer; cache: CacheOutcome }> {
     assertOwns(principal, id);
-    const row = await read(() => this.selectCustomers().where('c.id', '=', id).executeTakeFirst());
-    if (!row) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${id} does not exist`);
-    return row;
+    const { value, cache } = await this.cache.getOrLoad('customer', id, async () => {
+      const row = await read(() => this.selectCustomers().where('c.id', '=', id).executeTakeFirst());
+      return row ?? null;
+    });
+    if (!value) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${id} does not exist`);
+    return { value, cache };
   }
 
   async create(principal: Principal, input: { name: string; date_of_birth: string }): Promise<Customer> {
     assertAdmin(principal);
-    return inTransaction(this.db, async (trx) => {
+    const created = await inTransaction(this.db, async (trx) => {
       const row = await trx
         .insertInto('customers')
         .values({ name: input.name, date_of_birth: input.date_of_birth })
@@ -55,13 +67,16 @@ export class CustomersService {
         .execute();
       return customer;
     });
+    // A "does not exist" may be cached for this id.
+    await this.cache.invalidate([['customer', created.id]]);
+    return created;
   }
 
   async update(principal: Principal, id: number, input: { name?: string }): Promise<Customer> {
     assertOwns(principal, id);
     const name = input.name;
     if (name === undefined) return this.get(principal, id);
-    return inTransaction(this.db, async (trx) => {
+    const updated = await inTransaction(this.db, async (trx) => {
       await trx.updateTable('customers').set({ name }).where('id', '=', id).execute();
       const customer = await this.selectCustomers(trx).where('c.id', '=', id).executeTakeFirst();
       if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${id} does not exist`);
@@ -71,6 +86,8 @@ export class CustomersService {
         .execute();
       return customer;
     });
+    await this.cache.invalidate([['customer', id]]);
+    return updated;
   }
 
   private selectCustomers(db: Kysely<Database> = this.db) {

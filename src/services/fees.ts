@@ -4,6 +4,7 @@ import type { Database } from '../stores/sql/schema.ts';
 import { assertAdmin } from './access.ts';
 import type { IdempotencyClaim, IdempotencyService } from './idempotency.ts';
 import { recordMovement } from './ledger.ts';
+import { movedMoney, type CachedReads } from './cached-reads.ts';
 import { inTransaction, type RetryOptions } from './transaction.ts';
 
 /**
@@ -15,19 +16,20 @@ export class FeesService {
   constructor(
     private readonly db: Kysely<Database>,
     private readonly idempotency: IdempotencyService,
+    private readonly cache: CachedReads,
     private readonly retry?: RetryOptions,
   ) {}
 
   async charge(principal: Principal, amount: number, reference: string, claim: IdempotencyClaim | null) {
     assertAdmin(principal);
-    return inTransaction(
+    const { run, owners } = await inTransaction(
       this.db,
-      async (trx): Promise<FeeRun> => {
+      async (trx) => {
         // Every account, locked in id order like every other writer.
         const accounts = await trx
           .selectFrom('accounts as a')
           .leftJoin('fee_charges as f', (j) => j.onRef('f.account_id', '=', 'a.account_id').on('f.reference', '=', reference))
-          .select(['a.account_id', 'a.balance', 'f.transaction_id as charged_in'])
+          .select(['a.account_id', 'a.customer_id', 'a.balance', 'f.transaction_id as charged_in'])
           .orderBy('a.account_id')
           .forUpdate('a')
           .execute();
@@ -62,9 +64,12 @@ export class FeesService {
           already_charged: already,
         };
         if (claim) await this.idempotency.complete(trx, claim, 200, run);
-        return run;
+        const owner = new Map(accounts.map((a) => [a.account_id, a.customer_id]));
+        return { run, owners: charged.map((id) => [id, owner.get(id) as number] as const) };
       },
       this.retry,
     );
+    await this.cache.invalidate(movedMoney(owners));
+    return run;
   }
 }

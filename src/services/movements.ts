@@ -6,6 +6,7 @@ import { assertAdmin } from './access.ts';
 import type { IdempotencyClaim, IdempotencyService } from './idempotency.ts';
 import { recordMovement } from './ledger.ts';
 import { lockAccounts } from './locks.ts';
+import { movedMoney, type CachedReads } from './cached-reads.ts';
 import { inTransaction, type RetryOptions } from './transaction.ts';
 
 /** Money entering or leaving the bank: a deposit credits an account from cash, a withdrawal pays out. */
@@ -13,6 +14,7 @@ export class MovementsService {
   constructor(
     private readonly db: Kysely<Database>,
     private readonly idempotency: IdempotencyService,
+    private readonly cache: CachedReads,
     private readonly retry?: RetryOptions,
   ) {}
 
@@ -32,7 +34,7 @@ export class MovementsService {
     claim: IdempotencyClaim | null,
   ): Promise<Movement> {
     assertAdmin(principal);
-    return inTransaction(
+    const { movement, customerId } = await inTransaction(
       this.db,
       async (trx) => {
         const account = (await lockAccounts(trx, [accountId])).get(accountId);
@@ -60,9 +62,11 @@ export class MovementsService {
           created_at: recorded.created_at,
         };
         if (claim) await this.idempotency.complete(trx, claim, 201, movement);
-        return movement;
+        return { movement, customerId: account.customer_id };
       },
       this.retry,
     );
+    await this.cache.invalidate(movedMoney([[accountId, customerId]]));
+    return movement;
   }
 }

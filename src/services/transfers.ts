@@ -3,6 +3,7 @@ import { DatabankError } from '../domain/errors.ts';
 import type { Principal, Transfer } from '../domain/types.ts';
 import type { Database } from '../stores/sql/schema.ts';
 import type { IdempotencyClaim } from './idempotency.ts';
+import { movedMoney, type CachedReads } from './cached-reads.ts';
 import { withRetry, type RetryOptions } from './transaction.ts';
 
 export interface TransferCommand {
@@ -15,6 +16,8 @@ interface TransferRow {
   readonly outcome: 'completed' | 'source_not_found' | 'target_not_found' | 'currency_mismatch' | 'insufficient_funds';
   readonly out_transfer_id: number | null;
   readonly out_created_at: string | null;
+  readonly out_from_customer: number | null;
+  readonly out_to_customer: number | null;
 }
 
 /**
@@ -28,6 +31,7 @@ interface TransferRow {
 export class TransfersService {
   constructor(
     private readonly db: Kysely<Database>,
+    private readonly cache: CachedReads,
     private readonly retry?: RetryOptions,
   ) {}
 
@@ -37,13 +41,17 @@ export class TransfersService {
     const owner = principal.role === 'customer' ? principal.customerId : null;
     const row = await withRetry(async () => {
       const result = await sql<TransferRow>`
-        select outcome, out_transfer_id, out_created_at
+        select outcome, out_transfer_id, out_created_at, out_from_customer, out_to_customer
         from databank_transfer(${from}::bigint, ${to}::bigint, ${amount}::bigint, ${owner}::bigint,
           ${claim?.scope ?? null}::text, ${claim?.key ?? null}::text)`.execute(this.db);
       return result.rows[0] as TransferRow;
     }, this.retry);
     switch (row.outcome) {
       case 'completed':
+        await this.cache.invalidate(movedMoney([
+          [from, row.out_from_customer as number],
+          [to, row.out_to_customer as number],
+        ]));
         return {
           transfer_id: row.out_transfer_id as number,
           from_account_id: from,

@@ -81,6 +81,8 @@ for (const engine of ENGINES) {
         '/accounts/{id}/deposits',
         '/accounts/{id}/entries',
         '/accounts/{id}/withdrawals',
+        '/cache/flush',
+        '/cache/stats',
         '/customers',
         '/customers/{id}',
         '/customers/{id}/accounts',

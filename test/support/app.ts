@@ -22,6 +22,8 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
     migrateOnBoot: true,
     demoData: true,
     logLevel: 'silent',
+    cache: { store: { kind: 'memory', maxEntries: 10_000, maxBytes: 64 * 1024 * 1024 }, prefix: 'test', ttlSeconds: 300 },
+    instances: 1,
     ...overrides,
   };
 }

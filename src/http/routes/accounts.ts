@@ -39,13 +39,19 @@ export async function accountRoutes(app: FastifyInstance, deps: HttpDeps): Promi
   app.get(
     '/customers/:id/accounts',
     { schema: { tags: ['accounts'], params: IdParams, response: { 200: PageOf(Account), ...COMMON_ERRORS } } },
-    async (request) => deps.accounts.listForCustomer(principalOf(request), Number((request.params as IdParams).id)),
+    async (request, reply) => {
+      const { value, cache } = await deps.accounts.listForCustomer(principalOf(request), Number((request.params as IdParams).id));
+      return reply.header('x-cache', cache).send(value);
+    },
   );
 
   app.get(
     '/accounts/:id',
     { schema: { tags: ['accounts'], params: IdParams, response: { 200: Account, ...COMMON_ERRORS } } },
-    async (request) => deps.accounts.get(principalOf(request), Number((request.params as IdParams).id)),
+    async (request, reply) => {
+      const { value, cache } = await deps.accounts.getCached(principalOf(request), Number((request.params as IdParams).id));
+      return reply.header('x-cache', cache).send(value);
+    },
   );
 
   app.get(

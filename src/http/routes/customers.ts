@@ -71,7 +71,10 @@ export async function customerRoutes(app: FastifyInstance, deps: HttpDeps): Prom
   app.get(
     '/customers/:id',
     { schema: { tags: ['customers'], params: IdParams, response: { 200: Customer, ...COMMON_ERRORS } } },
-    async (request) => deps.customers.get(principalOf(request), Number((request.params as IdParams).id)),
+    async (request, reply) => {
+      const { value, cache } = await deps.customers.getCached(principalOf(request), Number((request.params as IdParams).id));
+      return reply.header('x-cache', cache).send(value);
+    },
   );
 
   app.patch(

@@ -14,11 +14,13 @@ export async function up(db: Kysely<unknown>): Promise<void> {
   await runStatements(db, [
     `create function databank_transfer(
       p_from bigint, p_to bigint, p_amount bigint, p_owner bigint, p_scope text, p_key text,
-      out outcome text, out out_transfer_id bigint, out out_created_at text
+      out outcome text, out out_transfer_id bigint, out out_created_at text,
+      out out_from_customer bigint, out out_to_customer bigint
     ) language plpgsql as $$
     declare
       r record;
       src_owner bigint;
+      dst_owner bigint;
       src_currency text;
       src_balance bigint;
       dst_currency text;
@@ -31,7 +33,7 @@ export async function up(db: Kysely<unknown>): Promise<void> {
         if r.account_id = p_from then
           src_owner := r.customer_id; src_currency := r.currency; src_balance := r.balance;
         else
-          dst_currency := r.currency;
+          dst_currency := r.currency; dst_owner := r.customer_id;
         end if;
       end loop;
       -- A customer's key may move money only out of its own accounts; others look nonexistent.
@@ -57,6 +59,8 @@ export async function up(db: Kysely<unknown>): Promise<void> {
         update idempotency_keys set state = 'done', response_status = 201, response_body = body
           where scope = p_scope and key = p_key;
       end if;
+      out_from_customer := src_owner;
+      out_to_customer := dst_owner;
       outcome := 'completed';
     end;
     $$`,

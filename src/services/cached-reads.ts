@@ -1,0 +1,154 @@
+import type { CacheStats, CacheStore } from '../stores/cache/port.ts';
+
+/** Bump when the shape of a cached value changes: old shapes are then never read. */
+export const CACHE_SCHEMA_VERSION = 1;
+
+export type CacheFamily = 'customer' | 'account' | 'customer-accounts';
+export type CacheOutcome = 'HIT' | 'MISS' | 'BYPASS';
+
+export interface CacheEvents {
+  hit(family: CacheFamily): void;
+  miss(family: CacheFamily): void;
+  error(family: CacheFamily | 'invalidate', err: unknown): void;
+}
+
+export interface CachedReadsOptions {
+  readonly prefix: string;
+  readonly ttlMs: number;
+  /** How long "does not exist" is remembered. */
+  readonly negativeTtlMs: number;
+  /** How long an invalidated key refuses to be filled (longer than any load can take). */
+  readonly tombstoneMs: number;
+}
+
+const TOMBSTONE = 'T';
+
+interface InFlight {
+  readonly startedAt: number;
+  readonly promise: Promise<unknown>;
+}
+
+/**
+ * Cache-aside reads with invalidation after commit.
+ *
+ * - A miss loads from PostgreSQL once per key and process (single flight), then fills the cache
+ *   with SET-if-absent. "Not found" is cached briefly too.
+ * - After a commit, the service calls `invalidate`, which overwrites the keys with short
+ *   tombstones before the response is sent. A loader that read the old row before the commit then
+ *   finds the tombstone and cannot write the old value back; a reader that sees the tombstone
+ *   never joins a load that started before it looked. So once a write's response has been sent,
+ *   no reader anywhere gets the old value from the cache.
+ * - Any cache error is a BYPASS: the value comes from PostgreSQL, the error is counted and logged.
+ *   Should invalidation itself fail (Redis unreachable), the whole namespace is flushed as soon as
+ *   Redis is back, so a value cached before the outage is never trusted over a committed write.
+ */
+export class CachedReads {
+  private readonly inflight = new Map<string, InFlight>();
+  private dirty = false;
+
+  constructor(
+    private readonly store: CacheStore | null,
+    private readonly options: CachedReadsOptions,
+    private readonly events: CacheEvents,
+  ) {
+    store?.onReconnect(() => {
+      if (this.dirty) void this.flushAfterOutage();
+    });
+  }
+
+  /** Every key this app writes starts with this. */
+  get namespace(): string {
+    return `${this.options.prefix}:v${CACHE_SCHEMA_VERSION}:`;
+  }
+
+  key(family: CacheFamily, id: number): string {
+    return `${this.namespace}${family}:${id}`;
+  }
+
+  async getOrLoad<T>(family: CacheFamily, id: number, load: () => Promise<T | null>): Promise<{ value: T | null; cache: CacheOutcome }> {
+    if (!this.store) return { value: await load(), cache: 'BYPASS' };
+    const key = this.key(family, id);
+    const lookedAt = Date.now();
+    let raw: string | null;
+    try {
+      raw = await this.store.get(key);
+    } catch (err) {
+      this.events.error(family, err);
+      return { value: await load(), cache: 'BYPASS' };
+    }
+    if (raw !== null && raw !== TOMBSTONE) {
+      this.events.hit(family);
+      const parsed = JSON.parse(raw) as { v?: T };
+      return { value: parsed.v ?? null, cache: 'HIT' };
+    }
+    this.events.miss(family);
+    const running = this.inflight.get(key);
+    // After a tombstone, only a load that started after this reader looked can be trusted.
+    if (running && (raw !== TOMBSTONE || running.startedAt >= lookedAt)) {
+      return { value: (await running.promise) as T | null, cache: 'MISS' };
+    }
+    const startedAt = Date.now();
+    const promise = this.loadAndFill(family, key, load);
+    const entry = { startedAt, promise };
+    this.inflight.set(key, entry);
+    try {
+      return { value: await promise, cache: 'MISS' };
+    } finally {
+      if (this.inflight.get(key) === entry) this.inflight.delete(key);
+    }
+  }
+
+  /** Call after the commit, before answering: the keys' old values are gone everywhere. */
+  async invalidate(keys: ReadonlyArray<readonly [CacheFamily, number]>): Promise<void> {
+    if (!this.store || keys.length === 0) return;
+    const names = [...new Set(keys.map(([family, id]) => this.key(family, id)))];
+    for (const name of names) this.inflight.delete(name);
+    try {
+      await this.store.setMany(names, TOMBSTONE, this.options.tombstoneMs);
+    } catch (err) {
+      this.dirty = true;
+      this.events.error('invalidate', err);
+    }
+  }
+
+  /** Deletes every key of this deployment, or those under `family` (e.g. `account:`); returns how many. */
+  async flush(within = ''): Promise<number> {
+    this.inflight.clear();
+    return this.store ? this.store.deletePrefix(this.namespace + within) : 0;
+  }
+
+  /** What the cache holds for this deployment; null when caching is off. */
+  async stats(): Promise<(CacheStats & { kind: string; namespace: string }) | null> {
+    if (!this.store) return null;
+    return { kind: this.store.kind, namespace: this.namespace, ...(await this.store.stats(this.namespace)) };
+  }
+
+  private async flushAfterOutage(): Promise<void> {
+    try {
+      await this.flush();
+      this.dirty = false;
+    } catch (err) {
+      this.events.error('invalidate', err);
+    }
+  }
+
+  private async loadAndFill<T>(family: CacheFamily, key: string, load: () => Promise<T | null>): Promise<T | null> {
+    const value = await load();
+    const ttl = value === null ? this.options.negativeTtlMs : this.options.ttlMs;
+    try {
+      await this.store?.setIfAbsent(key, JSON.stringify({ v: value }), ttl);
+    } catch (err) {
+      this.events.error(family, err);
+    }
+    return value;
+  }
+}
+
+/** The keys a change to these accounts' balances makes stale: the accounts and their customers. */
+export function movedMoney(accounts: ReadonlyArray<readonly [accountId: number, customerId: number]>) {
+  return accounts.flatMap(([accountId, customerId]) => [
+    ['account', accountId] as const,
+    ['customer', customerId] as const,
+    ['customer-accounts', customerId] as const,
+  ]);
+}

@@ -1,0 +1,92 @@
+import { Redis } from 'ioredis';
+import type { CacheStore } from './port.ts';
+
+export interface RedisCacheOptions {
+  readonly url: string;
+  /** A command that takes longer fails, and the caller reads PostgreSQL instead. */
+  readonly commandTimeoutMs: number;
+  readonly onError?: (err: Error) => void;
+}
+
+/**
+ * Redis or Valkey through ioredis. Commands fail fast instead of queueing while disconnected
+ * (`enableOfflineQueue: false`), so a Redis outage costs a request at most the command timeout;
+ * ioredis reconnects by itself in the background.
+ */
+export async function openRedisCache(options: RedisCacheOptions): Promise<CacheStore> {
+  const redis = new Redis(options.url, {
+    commandTimeout: options.commandTimeoutMs,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    lazyConnect: true,
+    retryStrategy: (times) => Math.min(50 * times, 1_000),
+  });
+  const reconnectListeners: Array<() => void> = [];
+  let wasDown = false;
+  redis.on('error', (err: Error) => options.onError?.(err));
+  redis.on('close', () => {
+    wasDown = true;
+  });
+  redis.on('ready', () => {
+    if (!wasDown) return;
+    wasDown = false;
+    for (const listener of reconnectListeners) listener();
+  });
+  // A cache that is down at start is not fatal: reads go to PostgreSQL until it answers.
+  await redis.connect().catch((err: Error) => {
+    wasDown = true;
+    options.onError?.(err);
+  });
+  return {
+    kind: 'redis',
+    capabilities: { shared: true },
+    get: (key) => redis.get(key),
+    async setIfAbsent(key, value, ttlMs) {
+      return (await redis.set(key, value, 'PX', ttlMs, 'NX')) === 'OK';
+    },
+    async setMany(keys, value, ttlMs) {
+      if (keys.length === 0) return;
+      const multi = redis.multi();
+      for (const key of keys) multi.set(key, value, 'PX', ttlMs);
+      const results = await multi.exec();
+      const failed = results?.find(([err]) => err);
+      if (!results || failed) throw failed?.[0] ?? new Error('redis transaction aborted');
+    },
+    async deletePrefix(prefix) {
+      let deleted = 0;
+      let cursor = '0';
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', `${escapeGlob(prefix)}*`, 'COUNT', 500);
+        cursor = next;
+        if (keys.length > 0) deleted += await redis.unlink(...keys);
+      } while (cursor !== '0');
+      return deleted;
+    },
+    async stats(prefix) {
+      let entries = 0;
+      let cursor = '0';
+      do {
+        const [next, keys] = await redis.scan(cursor, 'MATCH', `${escapeGlob(prefix)}*`, 'COUNT', 500);
+        cursor = next;
+        entries += keys.length;
+      } while (cursor !== '0');
+      const info = await redis.info('stats');
+      const memory = await redis.info('memory');
+      return {
+        entries,
+        bytes: Number(/used_memory:(\d+)/.exec(memory)?.[1] ?? NaN) || null,
+        evictions: Number(/evicted_keys:(\d+)/.exec(info)?.[1] ?? 0),
+      };
+    },
+    onReconnect(listener) {
+      reconnectListeners.push(listener);
+    },
+    async close() {
+      redis.disconnect();
+    },
+  };
+}
+
+function escapeGlob(s: string): string {
+  return s.replace(/[*?[\]\\]/g, '\\$&');
+}
