@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig, type Config } from './config.ts';
@@ -183,7 +183,60 @@ export function buildCli(): Command {
       }),
     );
 
+  const cache = program
+    .command('cache')
+    .description("the running server's key-value cache (asks the server, so it works for the in-process cache too)");
+  const serverOptions = (cmd: Command) =>
+    cmd
+      .option('--url <url>', 'the databank server (default http://HOST:PORT from the environment)')
+      .option('--key-file <file>', 'file holding an admin API key (default $DATABANK_DATA_DIR/admin-key)')
+      .option('--json', 'machine-readable output');
+  serverOptions(cache.command('stats').description('entries, bytes and evictions of this deployment')).action(
+    async (opts: ServerOpts) => {
+      const body = (await callServer(opts, 'GET', '/cache/stats')) as { cache: Record<string, unknown> | null };
+      print(
+        !!opts.json,
+        body,
+        body.cache
+          ? Object.entries(body.cache).map(([k, v]) => `${k.padEnd(10)} ${v ?? '-'}`).join('\n')
+          : 'the cache is off (DATABANK_CACHE=off)',
+      );
+    },
+  );
+  serverOptions(cache.command('flush').description("delete this deployment's cached entries"))
+    .option('--prefix <family>', 'only keys of one family, e.g. account: or customer:42')
+    .action(async (opts: ServerOpts & { prefix?: string }) => {
+      const body = (await callServer(opts, 'POST', '/cache/flush', { prefix: opts.prefix ?? '' })) as { deleted: number };
+      print(!!opts.json, body, `deleted ${body.deleted} entries`);
+    });
+
   return program;
+}
+
+interface ServerOpts {
+  readonly url?: string;
+  readonly keyFile?: string;
+  readonly json?: boolean;
+}
+
+/** Calls the running server's admin API with the admin key. */
+async function callServer(opts: ServerOpts, method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> {
+  const config = configOrExit();
+  const base = opts.url ?? `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${config.port}`;
+  const key = readFileSync(opts.keyFile ?? join(config.dataDir, 'admin-key'), 'utf8').trim();
+  let res: Response;
+  try {
+    res = await fetch(new URL(path, base), {
+      method,
+      headers: { authorization: `Bearer ${key}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new Error(`no databank server answers at ${base} (${(err as Error).cause ?? (err as Error).message})`);
+  }
+  const json = (await res.json()) as { code?: string; message?: string };
+  if (!res.ok) throw new Error(`${res.status} ${json.code ?? ''}: ${json.message ?? ''}`);
+  return json;
 }
 
 try {

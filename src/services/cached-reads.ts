@@ -1,4 +1,5 @@
 import type { CacheStats, CacheStore } from '../stores/cache/port.ts';
+import { tombstone, tombstoneTime } from '../stores/cache/tombstone.ts';
 
 /** Bump when the shape of a cached value changes: old shapes are then never read. */
 export const CACHE_SCHEMA_VERSION = 1;
@@ -21,7 +22,11 @@ export interface CachedReadsOptions {
   readonly tombstoneMs: number;
 }
 
-const TOMBSTONE = 'T';
+/**
+ * Clocks of app hosts differ a little: a load must start this long after an invalidation, by its
+ * own clock, before it may replace the tombstone.
+ */
+const CLOCK_SKEW_MS = 50;
 
 interface InFlight {
   readonly startedAt: number;
@@ -32,12 +37,12 @@ interface InFlight {
  * Cache-aside reads with invalidation after commit.
  *
  * - A miss loads from PostgreSQL once per key and process (single flight), then fills the cache
- *   with SET-if-absent. "Not found" is cached briefly too.
- * - After a commit, the service calls `invalidate`, which overwrites the keys with short
- *   tombstones before the response is sent. A loader that read the old row before the commit then
- *   finds the tombstone and cannot write the old value back; a reader that sees the tombstone
- *   never joins a load that started before it looked. So once a write's response has been sent,
- *   no reader anywhere gets the old value from the cache.
+ *   atomically unless a newer value or invalidation is there. "Not found" is cached briefly too.
+ * - After a commit, the service calls `invalidate`, which overwrites the keys with tombstones
+ *   stamped with the time, before the response is sent. A loader that started before that time
+ *   (and so may have read the old row) cannot replace the tombstone; one that started after it
+ *   can. A reader that sees a tombstone never joins a load that started before it looked. So once
+ *   a write's response has been sent, no reader anywhere gets the old value from the cache.
  * - Any cache error is a BYPASS: the value comes from PostgreSQL, the error is counted and logged.
  *   Should invalidation itself fail (Redis unreachable), the whole namespace is flushed as soon as
  *   Redis is back, so a value cached before the outage is never trusted over a committed write.
@@ -76,7 +81,8 @@ export class CachedReads {
       this.events.error(family, err);
       return { value: await load(), cache: 'BYPASS' };
     }
-    if (raw !== null && raw !== TOMBSTONE) {
+    const invalidatedAt = raw === null ? null : tombstoneTime(raw);
+    if (raw !== null && invalidatedAt === null) {
       this.events.hit(family);
       const parsed = JSON.parse(raw) as { v?: T };
       return { value: parsed.v ?? null, cache: 'HIT' };
@@ -84,7 +90,7 @@ export class CachedReads {
     this.events.miss(family);
     const running = this.inflight.get(key);
     // After a tombstone, only a load that started after this reader looked can be trusted.
-    if (running && (raw !== TOMBSTONE || running.startedAt >= lookedAt)) {
+    if (running && (invalidatedAt === null || running.startedAt >= lookedAt)) {
       return { value: (await running.promise) as T | null, cache: 'MISS' };
     }
     const startedAt = Date.now();
@@ -104,7 +110,7 @@ export class CachedReads {
     const names = [...new Set(keys.map(([family, id]) => this.key(family, id)))];
     for (const name of names) this.inflight.delete(name);
     try {
-      await this.store.setMany(names, TOMBSTONE, this.options.tombstoneMs);
+      await this.store.setMany(names, tombstone(Date.now()), this.options.tombstoneMs);
     } catch (err) {
       this.dirty = true;
       this.events.error('invalidate', err);
@@ -133,10 +139,11 @@ export class CachedReads {
   }
 
   private async loadAndFill<T>(family: CacheFamily, key: string, load: () => Promise<T | null>): Promise<T | null> {
+    const startedAt = Date.now();
     const value = await load();
     const ttl = value === null ? this.options.negativeTtlMs : this.options.ttlMs;
     try {
-      await this.store?.setIfAbsent(key, JSON.stringify({ v: value }), ttl);
+      await this.store?.fill(key, JSON.stringify({ v: value }), ttl, startedAt - CLOCK_SKEW_MS);
     } catch (err) {
       this.events.error(family, err);
     }

@@ -117,6 +117,26 @@ for (const impl of IMPLEMENTATIONS) {
       expect(await cache.get(`${P}missing:${'x'.repeat(200)}`)).toBeNull();
     });
 
+    it('fill stores into an empty key or over an older tombstone, never over a value or a newer tombstone', async () => {
+      const k = `${P}fill:a`;
+      expect(await cache.fill(k, 'v1', LONG_TTL, 1_000)).toBe(true);
+      expect(await cache.get(k)).toBe('v1');
+      expect(await cache.fill(k, 'v2', LONG_TTL, 2_000)).toBe(false);
+      expect(await cache.get(k)).toBe('v1');
+      await cache.setMany([k], 'T:5000', LONG_TTL);
+      // A load that started before the invalidation may have read the old row: refused.
+      expect(await cache.fill(k, 'stale', LONG_TTL, 4_999)).toBe(false);
+      expect(await cache.fill(k, 'stale', LONG_TTL, 5_000)).toBe(false);
+      expect(await cache.get(k)).toBe('T:5000');
+      // One that started after it read the committed row: accepted.
+      expect(await cache.fill(k, 'fresh', LONG_TTL, 5_001)).toBe(true);
+      expect(await cache.get(k)).toBe('fresh');
+      // A value that merely looks like a tombstone's prefix is a value.
+      const v = `${P}fill:b`;
+      await cache.setMany([v], 'T:abc', LONG_TTL);
+      expect(await cache.fill(v, 'x', LONG_TTL, 9_999_999_999_999)).toBe(false);
+    });
+
     it('setIfAbsent stores once; a second call returns false and keeps the first value', async () => {
       const k = `${P}nx:a`;
       expect(await cache.setIfAbsent(k, 'first', LONG_TTL)).toBe(true);

@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { CacheStore } from './port.ts';
+import { isOlderTombstone } from './tombstone.ts';
 
 export interface MemoryCacheOptions {
   readonly maxEntries: number;
@@ -15,7 +16,8 @@ export function openMemoryCache(options: MemoryCacheOptions): CacheStore {
   const lru = new LRUCache<string, string>({
     max: options.maxEntries,
     maxSize: options.maxBytes,
-    sizeCalculation: (value, key) => value.length * 2 + key.length * 2,
+    // lru-cache rejects a size of 0 (empty key and value); a value over maxBytes is not stored at all.
+    sizeCalculation: (value, key) => Math.max(1, value.length * 2 + key.length * 2),
     ttlAutopurge: false,
     dispose: (_value, _key, reason) => {
       if (reason === 'evict') evictions++;
@@ -30,7 +32,13 @@ export function openMemoryCache(options: MemoryCacheOptions): CacheStore {
     async setIfAbsent(key, value, ttlMs) {
       if (lru.has(key)) return false;
       lru.set(key, value, { ttl: ttlMs });
-      return true;
+      return lru.has(key);
+    },
+    async fill(key, value, ttlMs, loadStartedAt) {
+      const existing = lru.get(key);
+      if (existing !== undefined && !isOlderTombstone(existing, loadStartedAt)) return false;
+      lru.set(key, value, { ttl: ttlMs });
+      return lru.has(key);
     },
     async setMany(keys, value, ttlMs) {
       for (const key of keys) lru.set(key, value, { ttl: ttlMs });

@@ -20,7 +20,13 @@ export interface CacheStore {
   get(key: string): Promise<string | null>;
   /** Stores `value` only if `key` holds nothing (a tombstone counts as something); true if stored. */
   setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean>;
-  /** Replaces each key with `value` for `ttlMs` (used to write short tombstones). */
+  /**
+   * Stores `value` unless `key` holds a live value or a tombstone (`T:<epoch ms>`) written at or
+   * after `loadStartedAt`; true if stored. Atomic, so a slow loader cannot overwrite a newer
+   * invalidation.
+   */
+  fill(key: string, value: string, ttlMs: number, loadStartedAt: number): Promise<boolean>;
+  /** Replaces each key with `value` for `ttlMs` (used to write tombstones). */
   setMany(keys: readonly string[], value: string, ttlMs: number): Promise<void>;
   /** Deletes every key starting with `prefix`; returns how many. */
   deletePrefix(prefix: string): Promise<number>;

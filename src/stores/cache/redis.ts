@@ -44,6 +44,9 @@ export async function openRedisCache(options: RedisCacheOptions): Promise<CacheS
     async setIfAbsent(key, value, ttlMs) {
       return (await redis.set(key, value, 'PX', ttlMs, 'NX')) === 'OK';
     },
+    async fill(key, value, ttlMs, loadStartedAt) {
+      return (await redis.eval(FILL_SCRIPT, 1, key, value, String(ttlMs), String(loadStartedAt))) === 1;
+    },
     async setMany(keys, value, ttlMs) {
       if (keys.length === 0) return;
       const multi = redis.multi();
@@ -63,13 +66,15 @@ export async function openRedisCache(options: RedisCacheOptions): Promise<CacheS
       return deleted;
     },
     async stats(prefix) {
-      let entries = 0;
+      // SCAN may return a key more than once (while the keyspace is rehashed): count distinct keys.
+      const seen = new Set<string>();
       let cursor = '0';
       do {
         const [next, keys] = await redis.scan(cursor, 'MATCH', `${escapeGlob(prefix)}*`, 'COUNT', 500);
         cursor = next;
-        entries += keys.length;
+        for (const key of keys) seen.add(key);
       } while (cursor !== '0');
+      const entries = seen.size;
       const info = await redis.info('stats');
       const memory = await redis.info('memory');
       return {
@@ -86,6 +91,17 @@ export async function openRedisCache(options: RedisCacheOptions): Promise<CacheS
     },
   };
 }
+
+/** `fill` as one atomic step on the server: see CacheStore.fill. */
+const FILL_SCRIPT = `
+local v = redis.call('GET', KEYS[1])
+if v then
+  local t = string.match(v, '^T:(%d+)$')
+  if not t or tonumber(t) >= tonumber(ARGV[3]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`;
 
 function escapeGlob(s: string): string {
   return s.replace(/[*?[\]\\]/g, '\\$&');
