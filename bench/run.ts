@@ -1,5 +1,6 @@
 // `npm run bench -- <name> [--json] [--warmup <s>] [--duration <s>]`: runs one benchmark, writes
 // bench/results/<name>.json and prints a table (or, with --json, the JSON on stdout).
+import { cache } from './cache.ts';
 import type { Benchmark, Timing } from './lib/benchmark.ts';
 import { cleanupAll } from './lib/cleanup.ts';
 import { BenchError, progress } from './lib/log.ts';
@@ -7,7 +8,7 @@ import { formatResult, writeResult } from './lib/report.ts';
 import { reads } from './reads.ts';
 import { transfers } from './transfers.ts';
 
-const BENCHMARKS: readonly Benchmark[] = [transfers, reads];
+const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache];
 
 function usage(): string {
   return [
@@ -26,6 +27,8 @@ function usage(): string {
     '  DATABASE_URL        PostgreSQL to create the benchmark databases on (default postgres://postgres@127.0.0.1:5432/test)',
     '  BENCH_DATABANK_DIR  another databank checkout to benchmark, e.g. a scratch copy with a change',
     '  PGBENCH             pgbench binary (default /usr/bin/pgbench)',
+    '  REDIS_URL           Redis for the cache benchmark (default redis://127.0.0.1:6379)',
+    '  REDIS_BENCHMARK     redis-benchmark binary (default /usr/bin/redis-benchmark)',
     '',
     'Every run writes bench/results/<name>.json; progress goes to stderr.',
   ].join('\n');

@@ -51,8 +51,8 @@ function systemBusyTicks(): number {
   }
 }
 
-/** Every process named `postgres`: the postmaster, its helpers and the backends. */
-export function postgresPids(): number[] {
+/** Every process whose command name (/proc/<pid>/comm) is `name`. */
+export function pidsNamed(name: string): number[] {
   const pids: number[] = [];
   let entries: string[] = [];
   try {
@@ -63,12 +63,17 @@ export function postgresPids(): number[] {
   for (const entry of entries) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === 'postgres') pids.push(Number(entry));
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === name) pids.push(Number(entry));
     } catch {
       // The process ended while we looked.
     }
   }
   return pids;
+}
+
+/** Every process named `postgres`: the postmaster, its helpers and the backends. */
+export function postgresPids(): number[] {
+  return pidsNamed('postgres');
 }
 
 export function snapshot(groups: CpuGroups): CpuSnapshot {

@@ -12,7 +12,7 @@ import { BenchError } from './log.ts';
 export const DATABANK_DIR = resolve(process.env.BENCH_DATABANK_DIR || join(dirname(fileURLToPath(import.meta.url)), '../..'));
 
 /** Environment variables of the parent that must not leak into a child's configuration. */
-const CONFIG_VARS = ['DATABASE_URL', 'DATABASE_POOL_MAX', 'DATABASE_SSL_CA', 'PORT', 'HOST', 'LOG_LEVEL', 'MIGRATE_ON_BOOT'];
+const CONFIG_VARS = ['DATABASE_URL', 'DATABASE_POOL_MAX', 'DATABASE_SSL_CA', 'PORT', 'HOST', 'LOG_LEVEL', 'MIGRATE_ON_BOOT', 'REDIS_URL'];
 
 /** The parent's environment minus databank's own settings, plus `extra`. */
 export function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
@@ -26,6 +26,13 @@ export interface DatabankOptions {
   /** null runs the embedded PGlite engine, stored in the temp data dir. */
   readonly databaseUrl: string | null;
   readonly poolMax: number;
+  /** More settings for the child, e.g. { DATABANK_CACHE: 'off' } or REDIS_URL. */
+  readonly env?: Record<string, string>;
+  /**
+   * The admin key of a database an earlier databank already set up: databank writes the key file
+   * only on the first start, when it makes the key.
+   */
+  readonly adminKey?: string;
 }
 
 export interface Databank {
@@ -55,6 +62,7 @@ export async function startDatabank(options: DatabankOptions): Promise<Databank>
     HOST: '127.0.0.1',
     LOG_LEVEL: 'warn',
     DATABASE_POOL_MAX: String(options.poolMax),
+    ...options.env,
   });
   const child = startChild('databank', process.execPath, ['bin/databank.js', 'serve'], { cwd: DATABANK_DIR, env });
   const stop = async () => {
@@ -65,7 +73,7 @@ export async function startDatabank(options: DatabankOptions): Promise<Databank>
   try {
     await waitForHttp(child, port, '/readyz');
     // The key is written before the server listens, so it is there once /readyz answers.
-    adminKey = readFileSync(join(dataDir, 'admin-key'), 'utf8').trim();
+    adminKey = options.adminKey ?? readFileSync(join(dataDir, 'admin-key'), 'utf8').trim();
   } catch (err) {
     await stop();
     throw err instanceof BenchError ? err : new BenchError(`databank did not start: ${String(err)}\n${child.output()}`);

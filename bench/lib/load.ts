@@ -28,6 +28,16 @@ export interface LoadOptions {
   readonly cpu?: CpuGroups;
   /** Called when the measured window opens and closes (e.g. to sample database wait events). */
   readonly window?: { begin(): void; end(): void };
+  /** A response header (lower case, e.g. 'x-cache') whose values are counted on expected answers. */
+  readonly countHeader?: string;
+}
+
+/** Values of `countHeader` on expected answers → count; '(none)' when the header is missing. */
+export interface HeaderCounts {
+  /** Answers completed inside the measured window (the ones `ok` counts). */
+  readonly measured: Record<string, number>;
+  /** Every expected answer, warm-up included. */
+  readonly whole_run: Record<string, number>;
 }
 
 export interface LoadResult {
@@ -42,15 +52,26 @@ export interface LoadResult {
   /** Unexpected outcomes over the whole run: "HTTP 409 DATABANK_ERR_..." or "ECONNRESET" → count. */
   readonly non_ok: Record<string, number>;
   readonly cpu_cores: CpuSplit;
+  /** Only when `countHeader` was given. */
+  readonly header_counts?: HeaderCounts;
 }
 
 interface Outcome {
   readonly status: number;
   /** The error code of an unexpected answer, when its body names one. */
   readonly detail: string;
+  /** The value of the counted header on an expected answer. */
+  readonly header?: string;
 }
 
-function send(agent: Agent, port: number, headers: OutgoingHttpHeaders, spec: RequestSpec, expect: number): Promise<Outcome> {
+function send(
+  agent: Agent,
+  port: number,
+  headers: OutgoingHttpHeaders,
+  spec: RequestSpec,
+  expect: number,
+  countHeader?: string,
+): Promise<Outcome> {
   const body = spec.body === undefined ? undefined : Buffer.from(JSON.stringify(spec.body));
   const all: OutgoingHttpHeaders = body
     ? { ...headers, 'content-type': 'application/json', 'content-length': body.length }
@@ -61,7 +82,9 @@ function send(agent: Agent, port: number, headers: OutgoingHttpHeaders, spec: Re
       if (status === expect) {
         // The body of a success is not needed: drain it without decoding.
         res.resume();
-        res.on('end', () => resolve({ status, detail: '' }));
+        const value = countHeader === undefined ? undefined : res.headers[countHeader];
+        const header = countHeader === undefined ? undefined : value === undefined ? '(none)' : String(value);
+        res.on('end', () => resolve({ status, detail: '', header }));
         return;
       }
       const chunks: Buffer[] = [];
@@ -93,6 +116,10 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   const latencies: number[] = [];
   const nonOk: Record<string, number> = {};
   let okTotal = 0;
+  const counted: HeaderCounts = { measured: {}, whole_run: {} };
+  const count = (into: Record<string, number>, value: string) => {
+    into[value] = (into[value] ?? 0) + 1;
+  };
   // CPU is read at the window's edges by timers, not by the clients, so no client pays for it.
   const groups = options.cpu ?? {};
   const cpu: { before?: CpuSnapshot; after?: CpuSnapshot } = {};
@@ -111,7 +138,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
       const sent = performance.now();
       let outcome: Outcome;
       try {
-        outcome = await send(agent, options.port, headers, spec, options.expect);
+        outcome = await send(agent, options.port, headers, spec, options.expect, options.countHeader);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code ?? 'network error';
         nonOk[code] = (nonOk[code] ?? 0) + 1;
@@ -124,7 +151,12 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
         continue;
       }
       okTotal++;
-      if (done >= measureFrom && done <= end) latencies.push(done - sent);
+      const inWindow = done >= measureFrom && done <= end;
+      if (inWindow) latencies.push(done - sent);
+      if (outcome.header !== undefined) {
+        count(counted.whole_run, outcome.header);
+        if (inWindow) count(counted.measured, outcome.header);
+      }
     }
   };
   await Promise.all(Array.from({ length: options.clients }, client));
@@ -152,5 +184,6 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     },
     non_ok: nonOk,
     cpu_cores: cpu.before ? between(cpu.before, cpu.after) : {},
+    ...(options.countHeader === undefined ? {} : { header_counts: counted }),
   };
 }

@@ -24,6 +24,17 @@ export interface Series {
   readonly busy_before: number;
   /** Average PostgreSQL backends per state over the window (transfers only). */
   readonly db_backends?: Record<string, number>;
+  /** X-Cache answers counted by the load generator (cache only). */
+  readonly x_cache?: XCache;
+}
+
+export interface XCache {
+  /** HIT ÷ all answers in the measured window; null when there were none. */
+  readonly hit_ratio: number | null;
+  /** HIT / MISS / BYPASS counts in the measured window. */
+  readonly measured: Record<string, number>;
+  /** The same over the whole run, warm-up included (the first read of each key is a MISS). */
+  readonly whole_run: Record<string, number>;
 }
 
 export interface Ratio {
@@ -145,6 +156,17 @@ export function formatResult(result: BenchResult): string {
     for (const s of sampled) {
       const states = Object.entries(s.db_backends ?? {}).map(([state, n]) => `${state} ${n.toFixed(2)}`);
       out.push(`  ${s.name} c=${s.clients}: ${states.join(', ') || 'n/a'}`);
+    }
+  }
+  const cached = result.series.filter((s) => s.x_cache);
+  if (cached.length > 0) {
+    out.push('', 'X-Cache answers (hit ratio and counts in the measured window; whole run incl. warm-up):');
+    for (const s of cached) {
+      const x = s.x_cache as XCache;
+      const counts = (c: Record<string, number>) => Object.entries(c).map(([k, n]) => `${k} ${n}`).join(', ') || 'none';
+      out.push(
+        `  ${s.name} c=${s.clients}: hit ratio ${x.hit_ratio === null ? '-' : x.hit_ratio.toFixed(4)}; ${counts(x.measured)}; whole run ${counts(x.whole_run)}`,
+      );
     }
   }
   const errors = result.series.filter((s) => Object.keys(s.non_ok).length > 0);
