@@ -50,6 +50,8 @@ interface InFlight {
 export class CachedReads {
   private readonly inflight = new Map<string, InFlight>();
   private dirty = false;
+  private recovering = false;
+  private lastRecovery = 0;
 
   constructor(
     private readonly store: CacheStore | null,
@@ -71,7 +73,9 @@ export class CachedReads {
   }
 
   async getOrLoad<T>(family: CacheFamily, id: number, load: () => Promise<T | null>): Promise<{ value: T | null; cache: CacheOutcome }> {
-    if (!this.store) return { value: await load(), cache: 'BYPASS' };
+    // Until a failed invalidation has been made good by a flush, nothing in the cache is trusted.
+    if (this.dirty) this.recover();
+    if (!this.store || this.dirty) return { value: await load(), cache: 'BYPASS' };
     const key = this.key(family, id);
     const lookedAt = Date.now();
     let raw: string | null;
@@ -129,12 +133,26 @@ export class CachedReads {
     return { kind: this.store.kind, namespace: this.namespace, ...(await this.store.stats(this.namespace)) };
   }
 
+  /**
+   * Tries the flush again, at most one at a time and once a second: a connection that stalled
+   * without closing never says "ready" again, so reads drive the recovery too.
+   */
+  private recover(): void {
+    if (this.recovering || Date.now() - this.lastRecovery < 1_000) return;
+    this.lastRecovery = Date.now();
+    void this.flushAfterOutage();
+  }
+
   private async flushAfterOutage(): Promise<void> {
+    if (this.recovering) return;
+    this.recovering = true;
     try {
       await this.flush();
       this.dirty = false;
     } catch (err) {
       this.events.error('invalidate', err);
+    } finally {
+      this.recovering = false;
     }
   }
 

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { sql } from 'kysely';
@@ -9,6 +10,7 @@ import type { Config } from '../../src/config.ts';
 import { testConfig } from '../support/app.ts';
 import { createTestDatabase, ENGINES, type TestDatabase } from '../support/engines.ts';
 import { checkLedger } from '../support/invariants.ts';
+import { REDIS_UP, REDIS_URL } from '../support/redis.ts';
 
 /**
  * The cache's promise (src/services/cached-reads.ts): once a write's response has been sent, no
@@ -16,46 +18,15 @@ import { checkLedger } from '../support/invariants.ts';
  * one PostgreSQL database, one Redis namespace; writers and readers go through both, and every
  * read is checked against the ledger.
  *
- * Needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL). Same rule as test/support/engines.ts:
- * with REQUIRE_SERVICES=1 an unreachable server fails the run instead of skipping.
+ * Needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL). Same rule as test/support/engines.ts and
+ * test/support/redis.ts: with REQUIRE_SERVICES=1 an unreachable server fails the run instead of
+ * skipping.
  */
-const REDIS_URL = process.env.REDIS_URL || null;
-const REQUIRE_SERVICES = process.env.REQUIRE_SERVICES === '1';
-
-async function redisReachable(url: string): Promise<boolean> {
-  let client: Redis | undefined;
-  try {
-    client = new Redis(url, {
-      lazyConnect: true,
-      connectTimeout: 3_000,
-      maxRetriesPerRequest: 0,
-      enableOfflineQueue: false,
-      retryStrategy: () => null,
-    });
-    client.on('error', () => undefined);
-    await client.connect();
-    return (await client.ping()) === 'PONG';
-  } catch {
-    return false;
-  } finally {
-    client?.disconnect();
-  }
-}
-
-const REDIS_UP: boolean = REDIS_URL ? await redisReachable(REDIS_URL) : false;
-if (REDIS_URL && !REDIS_UP && REQUIRE_SERVICES) {
-  throw new Error('REQUIRE_SERVICES=1 but Redis at REDIS_URL does not answer');
-}
 const POSTGRES = ENGINES.includes('postgres');
-if (!REDIS_UP) {
+if (!REDIS_UP || !POSTGRES) {
   console.warn(
-    REDIS_URL
-      ? 'cache-staleness skipped: Redis at REDIS_URL does not answer'
-      : 'cache-staleness skipped: set REDIS_URL (e.g. redis://127.0.0.1:6379) to run it',
+    `cache-staleness skipped: it needs ${[!POSTGRES && 'DATABASE_URL (PostgreSQL)', !REDIS_UP && 'REDIS_URL (Redis)'].filter(Boolean).join(' and ')} set and answering`,
   );
-}
-if (!POSTGRES) {
-  console.warn('cache-staleness skipped: set DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run it');
 }
 
 const ADMIN = { role: 'admin', keyId: 0 } as const;
@@ -64,6 +35,15 @@ const ACCOUNTS = 6;
 const WRITERS = 4;
 const READERS = 6;
 const OPENING = 1_000_000;
+
+/** Polls `condition` every `everyMs` up to `attempts` times; throws with `what` when it never holds. */
+async function until(what: string, condition: () => Promise<boolean> | boolean, attempts = 200, everyMs = 10): Promise<void> {
+  for (let i = 0; i < attempts; i++) {
+    if (await condition()) return;
+    await sleep(everyMs);
+  }
+  throw new Error(`timed out waiting until ${what}`);
+}
 
 /** A small deterministic generator, so that a failing run can be repeated. */
 function rng(seed: number): () => number {
@@ -186,6 +166,7 @@ describe.skipIf(!POSTGRES || !REDIS_UP)('cache staleness: two app instances shar
   const bases: string[] = [];
   let auth: { authorization: string };
   let customerId: number;
+  let opened = 0;
 
   const get = async (instance: number, account: number) => {
     const res = await fetch(`${bases[instance]}/accounts/${account}`, { headers: auth });
@@ -206,6 +187,7 @@ describe.skipIf(!POSTGRES || !REDIS_UP)('cache staleness: two app instances shar
       const account = await (apps[0] as App).deps.accounts.open(ADMIN, customerId, { account_type: 'checking' });
       await (apps[0] as App).deps.movements.deposit(ADMIN, account.account_id, OPENING, null);
       ids.push(account.account_id);
+      opened++;
     }
     // Opening and depositing left tombstones: start from a cold cache.
     await (apps[0] as App).deps.cache.flush();
@@ -252,9 +234,81 @@ describe.skipIf(!POSTGRES || !REDIS_UP)('cache staleness: two app instances shar
     expect(await get(0, x)).toMatchObject({ status: 200, balance: OPENING - 123 });
   });
 
-  it(`${WRITERS} writers and ${READERS} readers through both instances for ${RUN_MS} ms: no read older than an answered write`, async () => {
+  /**
+   * The exact interleaving the tombstones exist for, forced: instance B starts loading the account
+   * and reads its row, instance A commits a transfer and answers, and only then B's load goes on to
+   * fill the cache. B's load is the app's own CachedReads, given a loader held at a gate.
+   */
+  const slowLoadOnB = async (account: number) => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let rowRead!: () => void;
+    const read = new Promise<void>((resolve) => (rowRead = resolve));
+    const load = (apps[1] as App).deps.cache.getOrLoad('account', account, async () => {
+      const row = await (apps[1] as App).sql.db
+        .selectFrom('accounts')
+        .select(['account_id', 'account_type', 'balance', 'customer_id', 'currency'])
+        .where('account_id', '=', account)
+        .executeTakeFirst();
+      rowRead();
+      await gate;
+      return row ?? null;
+    });
+    await read;
+    return { open: release, load };
+  };
+  const accountMisses = async (app: App) =>
+    (await app.deps.metrics.cacheRequests.get()).values.find((v) => v.labels.family === 'account' && v.labels.result === 'miss')
+      ?.value ?? 0;
+
+  it('a load that read the row before a transfer cannot put the old balance back: the tombstone stops it', async () => {
+    const [x, y] = (await openAccounts(2)) as [number, number];
+    const slow = await slowLoadOnB(x);
+    expect((await transfer(0, x, y, 10)).status).toBe(201);
+    slow.open();
+    expect((await slow.load).value?.balance).toBe(OPENING);
+    for (const instance of [1, 0, 1]) expect(await get(instance, x)).toMatchObject({ status: 200, balance: OPENING - 10 });
+  });
+
+  // KNOWN GAP (issue [cache] stays open): when the tombstone is removed from outside (FLUSHALL,
+  // eviction, an operator's flush) while another instance's load that read the row before the
+  // write is still running, that load can put the old value back. This case pins the gap:
+  // `it.fails` passes while it exists and turns red once a fix lands (then make it `it`).
+  it.fails('nor once the tombstone is gone (FLUSHALL, eviction, `databank cache flush`) before the load fills', async () => {
+    const [x, y] = (await openAccounts(2)) as [number, number];
+    const slow = await slowLoadOnB(x);
+    expect((await transfer(0, x, y, 10)).status).toBe(201);
+    // What FLUSHALL or an eviction does to the tombstone, from outside the app.
+    const outside = new Redis(REDIS_URL as string, { maxRetriesPerRequest: 1 });
+    try {
+      expect(await outside.del((apps[0] as App).deps.cache.key('account', x))).toBe(1);
+    } finally {
+      outside.disconnect();
+    }
+    // A read through B that starts now, after the transfer was answered, finds no key while B's
+    // old load is still running.
+    const missesBefore = await accountMisses(apps[1] as App);
+    const joined = get(1, x);
+    await until('the read through B has looked at the cache', async () => (await accountMisses(apps[1] as App)) > missesBefore);
+    slow.open();
+    await slow.load;
+    const wrong: string[] = [];
+    const first = await joined;
+    if (first.balance !== OPENING - 10) wrong.push(`read started after the transfer, during the old load: ${first.cache} ${first.balance}`);
+    for (const instance of [0, 1]) {
+      const later = await get(instance, x);
+      if (later.balance !== OPENING - 10) wrong.push(`read through ${'AB'[instance]} after the old load ended: ${later.cache} ${later.balance}`);
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  /**
+   * Writers and readers through both instances for RUN_MS, then every read checked against the
+   * ledger. `disturb`, when given, runs alongside until the end.
+   */
+  const runLoad = async (label: string, disturb?: (running: () => boolean) => Promise<number>) => {
     const ids = await openAccounts(ACCOUNTS);
-    // Every read of every account through both instances: the cache starts warm and shared.
+    // Every account read through both instances: the cache starts warm and shared.
     for (const id of ids) {
       expect((await get(0, id)).cache).toBe('MISS');
       expect((await get(1, id)).cache).toBe('HIT');
@@ -264,12 +318,13 @@ describe.skipIf(!POSTGRES || !REDIS_UP)('cache staleness: two app instances shar
     const statuses = new Map<number, number>();
     const started = performance.now();
     const deadline = started + RUN_MS;
+    const running = () => performance.now() < deadline;
     // Two accounts are written from the start; each other joins later, so that every account
     // goes from being served from the cache to being written while readers hammer it.
     const writableSince = (k: number) => (k < 2 ? 0 : ((k - 1) * RUN_MS) / ACCOUNTS);
     const writer = async (w: number) => {
       const random = rng(1_000 + w);
-      for (let i = 0; performance.now() < deadline; i++) {
+      for (let i = 0; running(); i++) {
         const elapsed = performance.now() - started;
         const writable = ids.filter((_, k) => writableSince(k) <= elapsed);
         const from = writable[Math.floor(random() * writable.length)] as number;
@@ -284,7 +339,7 @@ describe.skipIf(!POSTGRES || !REDIS_UP)('cache staleness: two app instances shar
     };
     const reader = async (r: number) => {
       const random = rng(2_000 + r);
-      for (let i = 0; performance.now() < deadline; i++) {
+      for (let i = 0; running(); i++) {
         const account = ids[Math.floor(random() * ids.length)] as number;
         const instance = (r + i) % 2;
         const startedAt = performance.now();
@@ -294,7 +349,8 @@ describe.skipIf(!POSTGRES || !REDIS_UP)('cache staleness: two app instances shar
         reads.push({ account, startedAt, endedAt, balance: res.balance, cache: res.cache, instance });
       }
     };
-    await Promise.all([
+    const [disturbances] = await Promise.all([
+      disturb ? disturb(running) : Promise.resolve(0),
       ...Array.from({ length: WRITERS }, (_, w) => writer(w)),
       ...Array.from({ length: READERS }, (_, r) => reader(r)),
     ]);
@@ -309,17 +365,16 @@ describe.skipIf(!POSTGRES || !REDIS_UP)('cache staleness: two app instances shar
     };
     const hits = reads.filter((r) => r.cache === 'HIT').length;
     console.log(
-      `cache-staleness: ${writes.length} transfers, ${reads.length} reads (${checked} after a known write checked), ` +
+      `cache-staleness (${label}): ${writes.length} transfers, ${reads.length} reads (${checked} after a known write checked), ` +
         `HIT ${hits} / MISS ${reads.filter((r) => r.cache === 'MISS').length} ` +
         `(hit ratio ${(hits / reads.length).toFixed(3)}); instance A ${JSON.stringify(outcomes(0))}, ` +
-        `instance B ${JSON.stringify(outcomes(1))}; ${violations.length} stale reads`,
+        `instance B ${JSON.stringify(outcomes(1))}; ${disturb ? `${disturbances} flushes; ` : ''}${violations.length} stale reads`,
     );
     expect(violations.slice(0, 5)).toEqual([]);
     expect(writes.length).toBeGreaterThan(100);
     expect(checked).toBeGreaterThan(100);
-    expect(hits).toBeGreaterThan(0);
     expect(reads.filter((r) => r.cache === 'BYPASS')).toEqual([]);
-    // Reads through both instances were checked, and both served hits.
+    // Both instances served hits: the shared cache was really used.
     for (const instance of [0, 1]) expect(outcomes(instance).HIT ?? 0).toBeGreaterThan(0);
 
     // After the run the cache agrees with the database, through both instances.
@@ -330,6 +385,12 @@ describe.skipIf(!POSTGRES || !REDIS_UP)('cache staleness: two app instances shar
     const check = await checkLedger((apps[0] as App).sql.db);
     expect(check.mismatched).toEqual([]);
     expect(check.unbalanced).toEqual([]);
-    expect(check.total).toBe((ACCOUNTS + 2) * OPENING);
+    expect(check.negative).toEqual([]);
+    expect(check.total).toBe(opened * OPENING);
+  };
+
+  it(`${WRITERS} writers and ${READERS} readers through both instances for ${RUN_MS} ms: no read older than an answered write`, async () => {
+    await runLoad('steady');
   });
+
 });

@@ -174,7 +174,7 @@ class CuttableProxy {
   }
 }
 
-interface Response {
+interface Answer {
   readonly status: number;
   readonly body: { balance?: number; code?: string; transfer_id?: number };
   readonly cache: string | null;
@@ -201,14 +201,14 @@ describe.skipIf(!HAVE_REDIS_SERVER)('Redis outages under load', () => {
   const stale: Array<[string, number, number | undefined]> = [];
 
   const app = () => (t as TestApp).app;
-  const request = async (kind: Sample['kind'], method: string, url: string, body?: unknown): Promise<Response> => {
+  const request = async (kind: Sample['kind'], method: string, url: string, body?: unknown): Promise<Answer> => {
     const startedAt = performance.now();
     const res = await fetch(`${base}${url}`, {
       method,
       headers: { ...(t as TestApp).admin, ...(body ? { 'content-type': 'application/json' } : {}) },
       body: body ? JSON.stringify(body) : undefined,
     });
-    const parsed = (await res.json()) as Response['body'];
+    const parsed = (await res.json()) as Answer['body'];
     const cache = res.headers.get('x-cache');
     samples.push({ kind, startedAt, endedAt: performance.now(), status: res.status, cache });
     return { status: res.status, body: parsed, cache };
@@ -227,6 +227,17 @@ describe.skipIf(!HAVE_REDIS_SERVER)('Redis outages under load', () => {
   /** Drops the tombstones opening and depositing left, so that the account can be cached. */
   const uncache = async (account: number) => {
     await direct?.del(app().deps.cache.key('account', account));
+  };
+  /**
+   * Reads until the account is served from the cache (first a MISS fills it; on a busy machine a
+   * Redis command can outlast the 50 ms timeout and make a read a BYPASS, so poll).
+   */
+  const cachedBeforehand = async (account: number) => {
+    await until(`account ${account} is cached`, async () => {
+      const res = await read(account);
+      expect(res.body.balance).toBe(OPENING);
+      return res.cache === 'HIT';
+    });
   };
   /** Transfers, then reads both accounts: each read must show the new balance exactly. */
   const transferAndCheck = async (what: string, from: number, to: number, amount: number) => {
@@ -314,17 +325,16 @@ describe.skipIf(!HAVE_REDIS_SERVER)('Redis outages under load', () => {
 
     const control = async () => {
       try {
-        await letRun('clients warm up', 20, 1_000);
+        await letRun('clients warm up', 20, 1_500);
         // A value cached before the outage...
-        expect((await read(pre)).cache).toBe('MISS');
-        expect((await read(pre)).cache).toBe('HIT');
+        await cachedBeforehand(pre);
 
         await (redis as RedisChild).kill();
         const downAt = performance.now();
         // ...moved while Redis is down (the invalidation fails)...
         const during = await transferAndCheck('transfer during the outage', pre, preTarget, 321);
         expect(during.status).toBe(201);
-        await letRun('clients run through the outage', 40, 1_500);
+        await letRun('clients run through the outage', 40, 2_000);
 
         const upAt = performance.now();
         await (redis as RedisChild).start();
@@ -334,10 +344,10 @@ describe.skipIf(!HAVE_REDIS_SERVER)('Redis outages under load', () => {
         // ...is not served once Redis is back.
         const after = await read(pre);
         if (after.body.balance !== OPENING - 321) stale.push(['pre-outage value after the restart', OPENING - 321, after.body.balance]);
-        await letRun('clients run after the restart', 40, 800);
+        await letRun('clients run after the restart', 40, 1_200);
 
         await (direct as Redis).flushall();
-        await letRun('clients run after FLUSHALL', 40, 800);
+        await letRun('clients run after FLUSHALL', 40, 1_200);
         return { downAt, upAt, recoveredAt };
       } finally {
         stop = true;
@@ -359,11 +369,13 @@ describe.skipIf(!HAVE_REDIS_SERVER)('Redis outages under load', () => {
     expect(down.filter((s) => s.cache !== 'BYPASS')).toEqual([]);
     const before = reads.filter((s) => s.endedAt < times.downAt);
     const after = reads.filter((s) => s.startedAt >= times.recoveredAt);
-    for (const phase of [before, after]) {
-      expect(phase.filter((s) => s.cache === 'HIT').length).toBeGreaterThan(0);
-      expect(phase.filter((s) => s.cache === 'BYPASS')).toEqual([]);
-    }
     const count = (list: Sample[], cache: string) => list.filter((s) => s.cache === cache).length;
+    for (const phase of [before, after]) {
+      expect(count(phase, 'HIT')).toBeGreaterThan(0);
+      // With Redis up, a BYPASS is a command that outlasted the 50 ms timeout on a busy machine
+      // (PGlite runs on the app's own thread): by design, but rare.
+      expect(count(phase, 'BYPASS')).toBeLessThan(phase.length * 0.1);
+    }
     console.log(
       `redis-outage: ${transfers.length} transfers (${transfers.filter((s) => s.status === 201).length} completed), ` +
         `${reads.length} reads; before the crash HIT ${count(before, 'HIT')} MISS ${count(before, 'MISS')}; ` +
@@ -388,8 +400,7 @@ describe.skipIf(!HAVE_REDIS_SERVER)('Redis outages under load', () => {
     const pipeline = (direct as Redis).pipeline();
     for (let i = 0; i < 20_000; i++) pipeline.set(app().deps.cache.key('account', 1_000_000 + i), '{"v":null}', 'PX', 60_000);
     await pipeline.exec();
-    expect((await read(account)).cache).toBe('MISS');
-    expect(await read(account)).toMatchObject({ cache: 'HIT', body: { balance: OPENING } });
+    await cachedBeforehand(account);
 
     (proxy as CuttableProxy).disconnect();
     await until('the app notices the cut', async () => (await read(account)).cache === 'BYPASS');
@@ -398,7 +409,7 @@ describe.skipIf(!HAVE_REDIS_SERVER)('Redis outages under load', () => {
 
     // Readers hammer the account while the network comes back and the app reconnects.
     let stop = false;
-    const seen: Response[] = [];
+    const seen: Answer[] = [];
     const reader = async () => {
       while (!stop) seen.push(await read(account));
     };
@@ -411,7 +422,6 @@ describe.skipIf(!HAVE_REDIS_SERVER)('Redis outages under load', () => {
       await Promise.all(readers);
     }
     const wrong = seen.filter((r) => r.body.balance !== OPENING - 77);
-    console.log(seen.map((r) => `${r.cache?.[0]}${r.body.balance === OPENING ? "!" : ""}`).join(" "));
     console.log(
       `redis-outage (cut): ${seen.length} reads around the reconnection, ${wrong.length} showed the pre-cut balance ` +
         `(${wrong.filter((r) => r.cache === 'HIT').length} of them HIT)`,
@@ -423,11 +433,10 @@ describe.skipIf(!HAVE_REDIS_SERVER)('Redis outages under load', () => {
   it('a frozen Redis (SIGSTOP): commands time out, reads BYPASS quickly, a transfer during the freeze is seen after it', async () => {
     const [account, target] = [await openAccount(), await openAccount()];
     await uncache(account);
-    expect((await read(account)).cache).toBe('MISS');
-    expect(await read(account)).toMatchObject({ cache: 'HIT', body: { balance: OPENING } });
+    await cachedBeforehand(account);
 
     (redis as RedisChild).signal('SIGSTOP');
-    let frozen: Response[];
+    let frozen: Answer[];
     const started = performance.now();
     try {
       expect((await transfer(account, target, 55)).status).toBe(201);
@@ -438,8 +447,8 @@ describe.skipIf(!HAVE_REDIS_SERVER)('Redis outages under load', () => {
     }
     const elapsed = performance.now() - started;
     expect(frozen.map((r) => [r.status, r.cache, r.body.balance])).toEqual(Array(10).fill([200, 'BYPASS', OPENING - 55]));
-    // Eleven requests, each waiting at most about the 50 ms command timeout for Redis.
-    expect(elapsed).toBeLessThan(11 * 1_000);
+    // Eleven requests, none waiting for Redis much longer than the 50 ms command timeout.
+    expect(elapsed).toBeLessThan(11 * 500);
 
     await until('reads come from the cache again', async () => (await read(account)).cache !== 'BYPASS');
     for (let i = 0; i < 5; i++) expect(await read(account)).toMatchObject({ status: 200, body: { balance: OPENING - 55 } });

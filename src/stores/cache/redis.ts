@@ -19,6 +19,8 @@ export async function openRedisCache(options: RedisCacheOptions): Promise<CacheS
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     lazyConnect: true,
+    // Concurrent requests' commands share one write to the socket: far fewer syscalls under load.
+    enableAutoPipelining: true,
     retryStrategy: (times) => Math.min(50 * times, 1_000),
   });
   const reconnectListeners: Array<() => void> = [];
