@@ -1,5 +1,5 @@
 import type { CacheStats, CacheStore } from '../stores/cache/port.ts';
-import { tombstone, tombstoneTime } from '../stores/cache/tombstone.ts';
+import { lease, tombstone, tombstoneTime } from '../stores/cache/tombstone.ts';
 
 /** Bump when the shape of a cached value changes: old shapes are then never read. */
 export const CACHE_SCHEMA_VERSION = 1;
@@ -28,8 +28,13 @@ export interface CachedReadsOptions {
  */
 const CLOCK_SKEW_MS = 50;
 
+/** Beyond this many keys whose invalidation failed, the whole namespace is flushed instead. */
+const MAX_LOST_KEYS = 10_000;
+
 interface InFlight {
   readonly startedAt: number;
+  /** The lease this load put on the empty key before it started, if it did. */
+  readonly lease: string | null;
   readonly promise: Promise<unknown>;
 }
 
@@ -38,18 +43,27 @@ interface InFlight {
  *
  * - A miss loads from PostgreSQL once per key and process (single flight), then fills the cache
  *   atomically unless a newer value or invalidation is there. "Not found" is cached briefly too.
+ *   A reader that finds the key empty first puts a lease there, and a fill never writes into an
+ *   empty key: a flush or an eviction between a load's read and its fill removes the tombstone
+ *   that would have stopped it, but also the lease, so the old row still cannot be put back.
  * - After a commit, the service calls `invalidate`, which overwrites the keys with tombstones
  *   stamped with the time, before the response is sent. A loader that started before that time
  *   (and so may have read the old row) cannot replace the tombstone; one that started after it
  *   can. A reader that sees a tombstone never joins a load that started before it looked. So once
  *   a write's response has been sent, no reader anywhere gets the old value from the cache.
  * - Any cache error is a BYPASS: the value comes from PostgreSQL, the error is counted and logged.
- *   Should invalidation itself fail (Redis unreachable), the whole namespace is flushed as soon as
- *   Redis is back, so a value cached before the outage is never trusted over a committed write.
+ *   Should invalidation itself fail (Redis unreachable or slow), the keys are remembered: this
+ *   instance reads them from PostgreSQL (BYPASS) until their tombstones have been written again,
+ *   retried on reconnect and by reads of them; with too many such keys the whole namespace is
+ *   flushed instead. So a value cached before the outage is never trusted over a committed write.
  */
 export class CachedReads {
   private readonly inflight = new Map<string, InFlight>();
-  private dirty = false;
+  /** Keys whose invalidation failed, each with the number of the failure that lost it last. */
+  private readonly lost = new Map<string, number>();
+  private failures = 0;
+  /** Set (to a failure number) when too many keys were lost to remember: nothing is trusted. */
+  private everythingLostAt: number | null = null;
   private recovering = false;
   private lastRecovery = 0;
 
@@ -58,9 +72,7 @@ export class CachedReads {
     private readonly options: CachedReadsOptions,
     private readonly events: CacheEvents,
   ) {
-    store?.onReconnect(() => {
-      if (this.dirty) void this.flushAfterOutage();
-    });
+    store?.onReconnect(() => void this.repair());
   }
 
   /** Every key this app writes starts with this. */
@@ -73,10 +85,13 @@ export class CachedReads {
   }
 
   async getOrLoad<T>(family: CacheFamily, id: number, load: () => Promise<T | null>): Promise<{ value: T | null; cache: CacheOutcome }> {
-    // Until a failed invalidation has been made good by a flush, nothing in the cache is trusted.
-    if (this.dirty) this.recover();
-    if (!this.store || this.dirty) return { value: await load(), cache: 'BYPASS' };
+    if (!this.store) return { value: await load(), cache: 'BYPASS' };
     const key = this.key(family, id);
+    // Until a failed invalidation has been made good, the key's cached value is not trusted.
+    if (this.everythingLostAt !== null || this.lost.has(key)) {
+      this.recover();
+      return { value: await load(), cache: 'BYPASS' };
+    }
     const lookedAt = Date.now();
     let raw: string | null;
     try {
@@ -93,13 +108,23 @@ export class CachedReads {
     }
     this.events.miss(family);
     const running = this.inflight.get(key);
-    // After a tombstone, only a load that started after this reader looked can be trusted.
-    if (running && (invalidatedAt === null || running.startedAt >= lookedAt)) {
+    // Join a load only if it started after this reader looked, or if the key still holds the lease
+    // that load took before it started: then nothing was invalidated or flushed since.
+    if (running && (running.startedAt >= lookedAt || (running.lease !== null && raw === running.lease))) {
       return { value: (await running.promise) as T | null, cache: 'MISS' };
     }
+    let taken: string | null = null;
+    if (raw === null) {
+      const candidate = lease(Date.now());
+      try {
+        if (await this.store.setIfAbsent(key, candidate, this.options.tombstoneMs)) taken = candidate;
+      } catch (err) {
+        this.events.error(family, err);
+      }
+    }
     const startedAt = Date.now();
-    const promise = this.loadAndFill(family, key, load);
-    const entry = { startedAt, promise };
+    const promise = this.loadAndFill(family, key, load, taken);
+    const entry = { startedAt, promise, lease: taken };
     this.inflight.set(key, entry);
     try {
       return { value: await promise, cache: 'MISS' };
@@ -116,7 +141,13 @@ export class CachedReads {
     try {
       await this.store.setMany(names, tombstone(Date.now()), this.options.tombstoneMs);
     } catch (err) {
-      this.dirty = true;
+      const failure = ++this.failures;
+      if (this.lost.size + names.length > MAX_LOST_KEYS) {
+        this.everythingLostAt = failure;
+        this.lost.clear();
+      } else {
+        for (const name of names) this.lost.set(name, failure);
+      }
       this.events.error('invalidate', err);
     }
   }
@@ -134,21 +165,35 @@ export class CachedReads {
   }
 
   /**
-   * Tries the flush again, at most one at a time and once a second: a connection that stalled
+   * Tries the repair again, at most one at a time and once a second: a connection that stalled
    * without closing never says "ready" again, so reads drive the recovery too.
    */
   private recover(): void {
     if (this.recovering || Date.now() - this.lastRecovery < 1_000) return;
     this.lastRecovery = Date.now();
-    void this.flushAfterOutage();
+    void this.repair();
   }
 
-  private async flushAfterOutage(): Promise<void> {
-    if (this.recovering) return;
+  /** Writes the lost invalidations again (or flushes the namespace when too many were lost). */
+  private async repair(): Promise<void> {
+    const store = this.store;
+    if (!store || this.recovering || (this.everythingLostAt === null && this.lost.size === 0)) return;
     this.recovering = true;
     try {
-      await this.flush();
-      this.dirty = false;
+      if (this.everythingLostAt !== null) {
+        const upTo = this.failures;
+        await this.flush();
+        if (this.everythingLostAt <= upTo) this.everythingLostAt = null;
+      } else {
+        const batch = [...this.lost];
+        await store.setMany(
+          batch.map(([key]) => key),
+          tombstone(Date.now()),
+          this.options.tombstoneMs,
+        );
+        // A key lost again meanwhile stays lost: its newer commit may postdate this tombstone.
+        for (const [key, failure] of batch) if (this.lost.get(key) === failure) this.lost.delete(key);
+      }
     } catch (err) {
       this.events.error('invalidate', err);
     } finally {
@@ -156,12 +201,19 @@ export class CachedReads {
     }
   }
 
-  private async loadAndFill<T>(family: CacheFamily, key: string, load: () => Promise<T | null>): Promise<T | null> {
+  private async loadAndFill<T>(
+    family: CacheFamily,
+    key: string,
+    load: () => Promise<T | null>,
+    taken: string | null,
+  ): Promise<T | null> {
     const startedAt = Date.now();
     const value = await load();
+    // Its invalidation failed during the load: what was read may be the old row.
+    if (this.everythingLostAt !== null || this.lost.has(key)) return value;
     const ttl = value === null ? this.options.negativeTtlMs : this.options.ttlMs;
     try {
-      await this.store?.fill(key, JSON.stringify({ v: value }), ttl, startedAt - CLOCK_SKEW_MS);
+      await this.store?.fill(key, JSON.stringify({ v: value }), ttl, startedAt - CLOCK_SKEW_MS, taken);
     } catch (err) {
       this.events.error(family, err);
     }

@@ -117,24 +117,30 @@ for (const impl of IMPLEMENTATIONS) {
       expect(await cache.get(`${P}missing:${'x'.repeat(200)}`)).toBeNull();
     });
 
-    it('fill stores into an empty key or over an older tombstone, never over a value or a newer tombstone', async () => {
+    it('fill stores over its own lease or an older tombstone, never into an empty key, over a value or a newer tombstone', async () => {
       const k = `${P}fill:a`;
-      expect(await cache.fill(k, 'v1', LONG_TTL, 1_000)).toBe(true);
+      // Empty: flushed or evicted since the reader looked, which would have left a lease.
+      expect(await cache.fill(k, 'v1', LONG_TTL, 1_000, null)).toBe(false);
+      expect(await cache.get(k)).toBeNull();
+      // Someone else's lease, taken after this load started: refused; its own: accepted.
+      expect(await cache.setIfAbsent(k, 'T:1000:0123abcd', LONG_TTL)).toBe(true);
+      expect(await cache.fill(k, 'old', LONG_TTL, 999, 'T:999:4567ef')).toBe(false);
+      expect(await cache.fill(k, 'v1', LONG_TTL, 1_000, 'T:1000:0123abcd')).toBe(true);
       expect(await cache.get(k)).toBe('v1');
-      expect(await cache.fill(k, 'v2', LONG_TTL, 2_000)).toBe(false);
+      expect(await cache.fill(k, 'v2', LONG_TTL, 2_000, null)).toBe(false);
       expect(await cache.get(k)).toBe('v1');
       await cache.setMany([k], 'T:5000', LONG_TTL);
       // A load that started before the invalidation may have read the old row: refused.
-      expect(await cache.fill(k, 'stale', LONG_TTL, 4_999)).toBe(false);
-      expect(await cache.fill(k, 'stale', LONG_TTL, 5_000)).toBe(false);
+      expect(await cache.fill(k, 'stale', LONG_TTL, 4_999, null)).toBe(false);
+      expect(await cache.fill(k, 'stale', LONG_TTL, 5_000, null)).toBe(false);
       expect(await cache.get(k)).toBe('T:5000');
       // One that started after it read the committed row: accepted.
-      expect(await cache.fill(k, 'fresh', LONG_TTL, 5_001)).toBe(true);
+      expect(await cache.fill(k, 'fresh', LONG_TTL, 5_001, null)).toBe(true);
       expect(await cache.get(k)).toBe('fresh');
       // A value that merely looks like a tombstone's prefix is a value.
       const v = `${P}fill:b`;
       await cache.setMany([v], 'T:abc', LONG_TTL);
-      expect(await cache.fill(v, 'x', LONG_TTL, 9_999_999_999_999)).toBe(false);
+      expect(await cache.fill(v, 'x', LONG_TTL, 9_999_999_999_999, null)).toBe(false);
     });
 
     it('setIfAbsent stores once; a second call returns false and keeps the first value', async () => {

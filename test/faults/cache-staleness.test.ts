@@ -270,11 +270,10 @@ describe.skipIf(!POSTGRES || !REDIS_UP)('cache staleness: two app instances shar
     for (const instance of [1, 0, 1]) expect(await get(instance, x)).toMatchObject({ status: 200, balance: OPENING - 10 });
   });
 
-  // KNOWN GAP (issue [cache] stays open): when the tombstone is removed from outside (FLUSHALL,
-  // eviction, an operator's flush) while another instance's load that read the row before the
-  // write is still running, that load can put the old value back. This case pins the gap:
-  // `it.fails` passes while it exists and turns red once a fix lands (then make it `it`).
-  it.fails('nor once the tombstone is gone (FLUSHALL, eviction, `databank cache flush`) before the load fills', async () => {
+  // When the tombstone is removed from outside (FLUSHALL, eviction, an operator's flush) while
+  // another instance's load that read the row before the write still runs, the load's lease is
+  // gone too, so it cannot fill.
+  it('nor once the tombstone is gone (FLUSHALL, eviction, `databank cache flush`) before the load fills', async () => {
     const [x, y] = (await openAccounts(2)) as [number, number];
     const slow = await slowLoadOnB(x);
     expect((await transfer(0, x, y, 10)).status).toBe(201);

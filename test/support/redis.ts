@@ -8,6 +8,7 @@ export const REDIS_URL = process.env.REDIS_URL || null;
 
 async function reachable(url: string): Promise<boolean> {
   const client = new Redis(url, { lazyConnect: true, connectTimeout: 2_000, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  client.on('error', () => undefined);
   try {
     await client.connect();
     return (await client.ping()) === 'PONG';

@@ -34,9 +34,9 @@ export function openMemoryCache(options: MemoryCacheOptions): CacheStore {
       lru.set(key, value, { ttl: ttlMs });
       return lru.has(key);
     },
-    async fill(key, value, ttlMs, loadStartedAt) {
+    async fill(key, value, ttlMs, loadStartedAt, lease) {
       const existing = lru.get(key);
-      if (existing !== undefined && !isOlderTombstone(existing, loadStartedAt)) return false;
+      if (existing === undefined || (existing !== lease && !isOlderTombstone(existing, loadStartedAt))) return false;
       lru.set(key, value, { ttl: ttlMs });
       return lru.has(key);
     },

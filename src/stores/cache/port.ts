@@ -21,11 +21,13 @@ export interface CacheStore {
   /** Stores `value` only if `key` holds nothing (a tombstone counts as something); true if stored. */
   setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean>;
   /**
-   * Stores `value` unless `key` holds a live value or a tombstone (`T:<epoch ms>`) written at or
-   * after `loadStartedAt`; true if stored. Atomic, so a slow loader cannot overwrite a newer
-   * invalidation.
+   * Stores `value` if `key` still holds `lease` (the one the loader put there), or a tombstone or
+   * lease (`T:<epoch ms>[:<token>]`) written before `loadStartedAt`; true if stored. Never into an
+   * empty key: it was flushed, evicted or expired since the reader looked, and with it any
+   * tombstone that would have stopped an older load. Atomic, so a slow loader cannot overwrite a
+   * newer invalidation.
    */
-  fill(key: string, value: string, ttlMs: number, loadStartedAt: number): Promise<boolean>;
+  fill(key: string, value: string, ttlMs: number, loadStartedAt: number, lease: string | null): Promise<boolean>;
   /** Replaces each key with `value` for `ttlMs` (used to write tombstones). */
   setMany(keys: readonly string[], value: string, ttlMs: number): Promise<void>;
   /** Deletes every key starting with `prefix`; returns how many. */

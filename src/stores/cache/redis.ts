@@ -46,8 +46,8 @@ export async function openRedisCache(options: RedisCacheOptions): Promise<CacheS
     async setIfAbsent(key, value, ttlMs) {
       return (await redis.set(key, value, 'PX', ttlMs, 'NX')) === 'OK';
     },
-    async fill(key, value, ttlMs, loadStartedAt) {
-      return (await redis.eval(FILL_SCRIPT, 1, key, value, String(ttlMs), String(loadStartedAt))) === 1;
+    async fill(key, value, ttlMs, loadStartedAt, lease) {
+      return (await redis.eval(FILL_SCRIPT, 1, key, value, String(ttlMs), String(loadStartedAt), lease ?? '')) === 1;
     },
     async setMany(keys, value, ttlMs) {
       if (keys.length === 0) return;
@@ -97,8 +97,9 @@ export async function openRedisCache(options: RedisCacheOptions): Promise<CacheS
 /** `fill` as one atomic step on the server: see CacheStore.fill. */
 const FILL_SCRIPT = `
 local v = redis.call('GET', KEYS[1])
-if v then
-  local t = string.match(v, '^T:(%d+)$')
+if not v then return 0 end
+if v ~= ARGV[4] then
+  local t = string.match(v, '^T:(%d+)$') or string.match(v, '^T:(%d+):%x+$')
   if not t or tonumber(t) >= tonumber(ARGV[3]) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
