@@ -34,7 +34,7 @@ const MAX_LOST_KEYS = 10_000;
 interface InFlight {
   readonly startedAt: number;
   /** The lease this load put on the empty key before it started, if it did. */
-  readonly lease: string | null;
+  lease: string | null;
   readonly promise: Promise<unknown>;
 }
 
@@ -113,18 +113,24 @@ export class CachedReads {
     if (running && (running.startedAt >= lookedAt || (running.lease !== null && raw === running.lease))) {
       return { value: (await running.promise) as T | null, cache: 'MISS' };
     }
-    let taken: string | null = null;
-    if (raw === null) {
-      const candidate = lease(Date.now());
-      try {
-        if (await this.store.setIfAbsent(key, candidate, this.options.tombstoneMs)) taken = candidate;
-      } catch (err) {
-        this.events.error(family, err);
+    // Registered before the first await, so that readers arriving meanwhile join this load.
+    const entry: { startedAt: number; lease: string | null; promise: Promise<T | null> } = {
+      startedAt: Date.now(),
+      lease: null,
+      promise: Promise.resolve(null),
+    };
+    entry.promise = (async () => {
+      if (raw === null) {
+        const candidate = lease(Date.now());
+        try {
+          if (await this.store?.setIfAbsent(key, candidate, this.options.tombstoneMs)) entry.lease = candidate;
+        } catch (err) {
+          this.events.error(family, err);
+        }
       }
-    }
-    const startedAt = Date.now();
-    const promise = this.loadAndFill(family, key, load, taken);
-    const entry = { startedAt, promise, lease: taken };
+      return this.loadAndFill(family, key, load, entry.lease);
+    })();
+    const promise = entry.promise;
     this.inflight.set(key, entry);
     try {
       return { value: await promise, cache: 'MISS' };
