@@ -9,8 +9,3 @@ export type Currency = (typeof CURRENCIES)[number];
 
 export const ACCOUNT_TYPES = ['checking', 'savings'] as const;
 export type AccountType = (typeof ACCOUNT_TYPES)[number];
-
-/** True when `n` is an amount that may move: a positive safe integer no larger than MAX_AMOUNT. */
-export function isValidAmount(n: unknown): n is number {
-  return typeof n === 'number' && Number.isSafeInteger(n) && n > 0 && n <= MAX_AMOUNT;
-}

@@ -23,13 +23,12 @@ export class CustomersService {
   /** Customers ordered by id; a customer key sees only its own customer. */
   async list(principal: Principal, query: ListCustomersQuery): Promise<Page<Customer>> {
     const after = decodeCursor(query.cursor) ?? 0;
+    const own = principal.role === 'customer' ? principal.customerId : null;
     const rows = await read(() =>
       this.selectCustomers()
         .where('c.id', '>', after)
         .$if(query.bornAfter !== undefined, (q) => q.where('c.date_of_birth', '>', query.bornAfter as string))
-        .$if(principal.role === 'customer', (q) =>
-          q.where('c.id', '=', principal.role === 'customer' ? principal.customerId : 0),
-        )
+        .$if(own !== null, (q) => q.where('c.id', '=', own as number))
         .orderBy('c.id')
         .limit(query.limit + 1)
         .execute(),

@@ -3,20 +3,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestApp, type TestApp } from '../support/app.ts';
 import { ENGINES } from '../support/engines.ts';
 import { checkLedger } from '../support/invariants.ts';
+import { rng } from '../support/random.ts';
 
 const CLIENTS = 16;
 const TRANSFERS = 2_000;
 const ACCOUNTS = 10;
 const OPENING = 1_000;
-
-/** A small deterministic generator, so that a failing run can be repeated. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
 
 describe.skipIf(!ENGINES.includes('postgres'))('concurrent transfers through the API on PostgreSQL', () => {
   let t: TestApp;

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Config } from '../../src/config.ts';
 import { startTestApp, type TestApp } from '../support/app.ts';
 import { checkLedger } from '../support/invariants.ts';
+import { rng } from '../support/random.ts';
 
 /**
  * The cache must never be a reason for an error or a stale answer: with its Redis killed,
@@ -26,15 +27,6 @@ if (!HAVE_REDIS_SERVER) console.warn(`redis-outage skipped: ${REDIS_SERVER} is n
 const ADMIN = { role: 'admin', keyId: 0 } as const;
 const CLIENTS = 4;
 const OPENING = 10_000;
-
-/** A small deterministic generator, so that a failing run can be repeated. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
 
 async function freePort(): Promise<number> {
   const server = createServer();
