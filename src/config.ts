@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 /** How the app reaches PostgreSQL: the embedded engine, or a server through a pool. */
 export type SqlConfig =
@@ -30,6 +31,26 @@ export interface CacheSettings {
   readonly ttlSeconds: number;
 }
 
+/** Where file bytes live: a local folder, or a bucket of any S3-compatible store. */
+export type FilesConfig =
+  | { readonly kind: 'local'; readonly dir: string }
+  | {
+      readonly kind: 's3';
+      readonly bucket: string;
+      /** null: the AWS endpoint of the region. */
+      readonly endpoint: string | null;
+      readonly region: string;
+      readonly forcePathStyle: boolean;
+    };
+
+export interface FilesSettings {
+  readonly store: FilesConfig;
+  /** Largest customer upload in bytes; larger ones get 413. */
+  readonly maxUploadBytes: number;
+  /** The folder `databank serve` deploys to the store on first start; null: none. */
+  readonly siteDir: string | null;
+}
+
 export interface Config {
   readonly dataDir: string;
   readonly host: string;
@@ -39,6 +60,7 @@ export interface Config {
   readonly demoData: boolean;
   readonly logLevel: LogLevel;
   readonly cache: CacheSettings;
+  readonly files: FilesSettings;
   /** How many copies of the app run against the same stores. */
   readonly instances: number;
 }
@@ -79,8 +101,9 @@ export function loadConfig(env: Env = process.env): Config {
   const demoData = parseBoolVar(env, 'DATABANK_DEMO_DATA', true, problems);
   const instances = parseIntVar(env, 'DATABANK_INSTANCES', 1, 1, 10_000, problems);
   const cache = parseCache(env, instances, problems);
+  const files = parseFiles(env, dataDir, problems);
   if (problems.length > 0 || sql === null) throw new ConfigError(problems);
-  return deepFreeze({ dataDir, host, port, sql, migrateOnBoot, demoData, logLevel, cache, instances });
+  return deepFreeze({ dataDir, host, port, sql, migrateOnBoot, demoData, logLevel, cache, files, instances });
 }
 
 function parseSql(env: Env, dataDir: string, problems: string[]): SqlConfig | null {
@@ -167,6 +190,38 @@ function parseCache(env: Env, instances: number, problems: string[]): CacheSetti
     };
   }
   return { store, prefix, ttlSeconds };
+}
+
+/** The `site/` folder shipped with databank, next to `src/`. */
+const BUNDLED_SITE = fileURLToPath(new URL('../site', import.meta.url));
+
+function parseFiles(env: Env, dataDir: string, problems: string[]): FilesSettings {
+  const maxUploadBytes = parseIntVar(env, 'DATABANK_MAX_UPLOAD_BYTES', 25 * 1024 * 1024, 1, 5 * 1024 ** 4, problems);
+  const siteRaw = env.DATABANK_SITE_DIR;
+  const siteDir = siteRaw === 'none' ? null : resolve(siteRaw || BUNDLED_SITE);
+  const bucket = env.S3_BUCKET;
+  if (!bucket) {
+    for (const name of ['S3_ENDPOINT', 'S3_REGION', 'S3_FORCE_PATH_STYLE']) {
+      if (env[name]) problems.push(`${name}: set, but S3_BUCKET is not`);
+    }
+    return { store: { kind: 'local', dir: resolve(dataDir, 'files') }, maxUploadBytes, siteDir };
+  }
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+    problems.push(`S3_BUCKET: "${bucket}" is not a valid bucket name (3 to 63 of a-z, 0-9, . and -)`);
+  }
+  let endpoint: string | null = null;
+  if (env.S3_ENDPOINT) {
+    try {
+      const url = new URL(env.S3_ENDPOINT);
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('scheme');
+      endpoint = env.S3_ENDPOINT;
+    } catch {
+      problems.push('S3_ENDPOINT: not an http:// or https:// URL');
+    }
+  }
+  const region = env.S3_REGION || env.AWS_REGION || 'us-east-1';
+  const forcePathStyle = parseBoolVar(env, 'S3_FORCE_PATH_STYLE', endpoint !== null, problems);
+  return { store: { kind: 's3', bucket, endpoint, region, forcePathStyle }, maxUploadBytes, siteDir };
 }
 
 function parseIntVar(env: Env, name: string, dflt: number, min: number, max: number, problems: string[]): number {

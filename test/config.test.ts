@@ -16,6 +16,11 @@ describe('config', () => {
       demoData: true,
       logLevel: 'info',
       cache: { store: { kind: 'memory', maxEntries: 10_000, maxBytes: 64 * 1024 * 1024 }, prefix: 'databank', ttlSeconds: 300 },
+      files: {
+        store: { kind: 'local', dir: resolve('.databank/files') },
+        maxUploadBytes: 25 * 1024 * 1024,
+        siteDir: resolve('site'),
+      },
       instances: 1,
     });
     expect(Object.isFrozen(config)).toBe(true);
@@ -89,6 +94,38 @@ describe('config', () => {
   it('never puts the password of DATABASE_URL into an error message', () => {
     expect(() => loadConfig({ DATABASE_URL: 'postgres://u:s3cret@h/db?sslmode=nope' })).toThrow(
       expect.objectContaining({ message: expect.not.stringContaining('s3cret') }),
+    );
+  });
+
+  it('moves files to S3 with S3_BUCKET, and lists every bad files variable', () => {
+    const config = loadConfig({ S3_BUCKET: 'bank-files', S3_ENDPOINT: 'http://127.0.0.1:9000', DATABANK_MAX_UPLOAD_BYTES: '1024' });
+    expect(config.files).toEqual({
+      store: { kind: 's3', bucket: 'bank-files', endpoint: 'http://127.0.0.1:9000', region: 'us-east-1', forcePathStyle: true },
+      maxUploadBytes: 1024,
+      siteDir: resolve('site'),
+    });
+    expect(loadConfig({ S3_BUCKET: 'b-1', S3_REGION: 'eu-west-1' }).files.store).toEqual({
+      kind: 's3',
+      bucket: 'b-1',
+      endpoint: null,
+      region: 'eu-west-1',
+      forcePathStyle: false,
+    });
+    expect(loadConfig({ DATABANK_SITE_DIR: 'none' }).files.siteDir).toBeNull();
+    expect(() =>
+      loadConfig({ S3_BUCKET: 'Bad_Bucket', S3_ENDPOINT: 'ftp://x', S3_FORCE_PATH_STYLE: 'maybe', DATABANK_MAX_UPLOAD_BYTES: '0' }),
+    ).toThrow(
+      expect.objectContaining({
+        problems: [
+          'DATABANK_MAX_UPLOAD_BYTES: "0" is not a whole number from 1 to 5497558138880',
+          'S3_BUCKET: "Bad_Bucket" is not a valid bucket name (3 to 63 of a-z, 0-9, . and -)',
+          'S3_ENDPOINT: not an http:// or https:// URL',
+          'S3_FORCE_PATH_STYLE: "maybe" is not true or false',
+        ],
+      }),
+    );
+    expect(() => loadConfig({ S3_ENDPOINT: 'http://x' })).toThrow(
+      expect.objectContaining({ problems: ['S3_ENDPOINT: set, but S3_BUCKET is not'] }),
     );
   });
 });

@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { createApp, type App } from '../../src/app.ts';
 import type { Config } from '../../src/config.ts';
@@ -12,7 +15,12 @@ export interface TestApp {
   close(): Promise<void>;
 }
 
-/** The config a test app runs with: everything default but the database. */
+const FILES_DIR_PREFIX = join(tmpdir(), 'databank-test-files-');
+
+/**
+ * The config a test app runs with: everything default but the database, and files in a new
+ * temporary folder (removed by `TestApp.close`); no site is deployed unless `files` says so.
+ */
 export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): Config {
   return {
     dataDir: '/nonexistent-databank-test-dir',
@@ -23,6 +31,11 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
     demoData: true,
     logLevel: 'silent',
     cache: { store: { kind: 'memory', maxEntries: 10_000, maxBytes: 64 * 1024 * 1024 }, prefix: 'test', ttlSeconds: 300 },
+    files: overrides.files ?? {
+      store: { kind: 'local', dir: mkdtempSync(FILES_DIR_PREFIX) },
+      maxUploadBytes: 25 * 1024 * 1024,
+      siteDir: null,
+    },
     instances: 1,
     ...overrides,
   };
@@ -36,7 +49,18 @@ export async function startTestApp(
   logger: Logger = pino({ level: 'silent' }),
 ): Promise<TestApp> {
   const db = await createTestDatabase(engine, label);
-  const app = await createApp(testConfig(db, overrides), { logger, defaultMetrics: false });
+  const config = testConfig(db, overrides);
+  const removeFiles = () => {
+    const store = config.files.store;
+    if (store.kind === 'local' && store.dir.startsWith(FILES_DIR_PREFIX)) rmSync(store.dir, { recursive: true, force: true });
+  };
+  let app: App;
+  try {
+    app = await createApp(config, { logger, defaultMetrics: false });
+  } catch (err) {
+    removeFiles();
+    throw err;
+  }
   const adminKey = app.bootstrapped?.adminKey;
   if (!adminKey) throw new Error('bootstrap made no admin key');
   return {
@@ -47,6 +71,7 @@ export async function startTestApp(
     async close() {
       await app.close();
       await db.drop();
+      removeFiles();
     },
   };
 }
