@@ -9,7 +9,7 @@ import {
   S3ServiceException,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { Readable, Transform } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import type { FilesConfig } from '../../config.ts';
 import { checkKey, checkPrefix, type ByteRange, type FileStore, type ListedObject, type ObjectInfo, type PutOptions } from './port.ts';
 
