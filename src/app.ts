@@ -14,6 +14,9 @@ import { MovementsService } from './services/movements.ts';
 import { DEFAULT_RETRY, type RetryOptions } from './services/transaction.ts';
 import { TransfersService } from './services/transfers.ts';
 import { CachedReads } from './services/cached-reads.ts';
+import { FilesService } from './services/files.ts';
+import { deploySite, readManifest, Site } from './services/site.ts';
+import { openFileStore, type FileStore } from './stores/files/index.ts';
 import { openCacheStore } from './stores/cache/index.ts';
 import { openSqlStore, type SqlStore } from './stores/sql/index.ts';
 import { createMigrator, migrationStatus, unwrap } from './stores/sql/migrator.ts';
@@ -21,6 +24,7 @@ import { createMigrator, migrationStatus, unwrap } from './stores/sql/migrator.t
 export interface App {
   readonly config: Config;
   readonly sql: SqlStore;
+  readonly files: FileStore;
   readonly http: FastifyInstance;
   readonly deps: HttpDeps;
   /** What the first start made (demo data, admin key); null when bootstrap was skipped. */
@@ -84,6 +88,12 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
         },
       },
     );
+    const files = await openFileStore(config.files.store);
+    closers.push(() => files.close());
+    if (config.files.siteDir && (await readManifest(files)) === null) {
+      const report = await deploySite(files, config.files.siteDir);
+      logger.info({ files: report.files, uploaded: report.uploaded.length }, 'site deployed on first start');
+    }
     const retry: RetryOptions = {
       ...(options.retry ?? DEFAULT_RETRY),
       onRetry: (state) => metrics.transactionRetries.inc({ sqlstate: state }),
@@ -97,6 +107,10 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       transfers: new TransfersService(sql.db, cache, retry),
       fees: new FeesService(sql.db, idempotency, cache, retry),
       cache,
+      files: new FilesService(sql.db, files, config.files.maxUploadBytes, (key, err) =>
+        logger.warn({ err, key }, 'file object left behind; `databank files sweep` removes it'),
+      ),
+      site: new Site(files, undefined, (err) => logger.warn({ err }, 'site manifest unreadable: serving the last one read')),
       idempotency,
       apiKeys,
       metrics,
@@ -111,7 +125,7 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     }, 60 * 60 * 1000);
     purge.unref();
     closers.push(async () => clearInterval(purge));
-    return { config, sql, http, deps, bootstrapped, close };
+    return { config, sql, files, http, deps, bootstrapped, close };
   } catch (err) {
     await close().catch(() => undefined);
     throw err;

@@ -2,6 +2,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, loadConfig, type Config } from './config.ts';
+import type { FileStore } from './stores/files/index.ts';
 import type { SqlStore } from './stores/sql/index.ts';
 
 // Commands load the stores and the server only when they run, so that `--help` answers at once.
@@ -14,6 +15,10 @@ const lazy = {
   sql: () => import('./stores/sql/index.ts'),
   migrator: () => import('./stores/sql/migrator.ts'),
   kysely: () => import('kysely'),
+  files: () => import('./stores/files/index.ts'),
+  filesService: () => import('./services/files.ts'),
+  site: () => import('./services/site.ts'),
+  progress: () => import('./progress.ts'),
 };
 
 /** Loads the config or stops with the list of bad variables. */
@@ -37,6 +42,16 @@ async function withStore<T>(work: (store: SqlStore, config: Config) => Promise<T
     return await work(store, config);
   } finally {
     await store.close();
+  }
+}
+
+async function withFiles<T>(work: (files: FileStore, config: Config) => Promise<T>): Promise<T> {
+  const config = configOrExit();
+  const files = await (await lazy.files()).openFileStore(config.files.store);
+  try {
+    return await work(files, config);
+  } finally {
+    await files.close();
   }
 }
 
@@ -84,6 +99,11 @@ async function serve(): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+function wholeNumber(value: string): number {
+  if (!/^(0|[1-9][0-9]{0,14})$/.test(value)) throw new InvalidArgumentError('expected a whole number');
+  return Number(value);
 }
 
 function positiveInt(value: string): number {
@@ -181,6 +201,73 @@ export function buildCli(): Command {
         const created = await new ApiKeysService(store.db).create(opts.role, opts.customer ?? null);
         print(!!opts.json, created, created.key);
       }),
+    );
+
+  const site = program.command('site').description('the public website in the file store');
+  site
+    .command('deploy')
+    .description(
+      'upload a folder as the site: Content-Type by extension, ETag = MD5, only changed files, ' +
+        'gzip and brotli copies of text files; files no longer in the folder are removed',
+    )
+    .argument('[dir]', 'the folder to publish (default: the site/ folder shipped with databank)')
+    .option('--dry-run', 'say what would change, change nothing')
+    .option('--json', 'print {"files","uploaded","unchanged","deleted","bytesUploaded"}')
+    .action((dir: string | undefined, opts: { dryRun?: boolean; json?: boolean }) =>
+      withFiles(async (files, config) => {
+        const source = dir ?? config.files.siteDir;
+        if (!source) throw new InvalidArgumentError('no folder given and DATABANK_SITE_DIR=none');
+        const bar = (await lazy.progress()).progress(!opts.json, 'deploying');
+        const report = await (await lazy.site())
+          .deploySite(files, source, { dryRun: !!opts.dryRun, onProgress: (done, total, path) => bar.update(done, total, path) })
+          .finally(() => bar.stop());
+        const verb = opts.dryRun ? 'would upload' : 'uploaded';
+        print(
+          !!opts.json,
+          report,
+          [
+            `${report.files} files: ${verb} ${report.uploaded.length} objects (${report.bytesUploaded} bytes), ` +
+              `${report.unchanged} unchanged, ${opts.dryRun ? 'would remove' : 'removed'} ${report.deleted.length}`,
+            ...report.uploaded.map((k) => `  + ${k}`),
+            ...report.deleted.map((k) => `  - ${k}`),
+          ].join('\n'),
+        );
+      }),
+    );
+
+  const filesCommand = program.command('files').description('customer files');
+  filesCommand
+    .command('sweep')
+    .description('remove stored objects that no file row refers to; report rows whose object is missing')
+    .option('--dry-run', 'report, remove nothing')
+    .option('--grace-seconds <n>', 'leave objects younger than this (uploads in progress)', wholeNumber, 3600)
+    .option('--json', 'print {"orphanObjects","missingObjects","objectsSeen","rowsSeen"}')
+    .action((opts: { dryRun?: boolean; graceSeconds: number; json?: boolean }) =>
+      withStore((store, config) =>
+        withFiles(async (files) => {
+          const { FilesService } = await lazy.filesService();
+          const bar = (await lazy.progress()).progress(!opts.json, 'sweeping');
+          const report = await new FilesService(store.db, files, config.files.maxUploadBytes)
+            .sweep({
+              graceMs: opts.graceSeconds * 1000,
+              dryRun: !!opts.dryRun,
+              onProgress: (seen) => bar.update(seen, null, 'objects'),
+            })
+            .finally(() => bar.stop());
+          print(
+            !!opts.json,
+            report,
+            [
+              `${report.objectsSeen} objects, ${report.rowsSeen} rows: ` +
+                `${opts.dryRun ? 'would remove' : 'removed'} ${report.orphanObjects.length} objects without a row, ` +
+                `${report.missingObjects.length} rows without an object`,
+              ...report.orphanObjects.map((k) => `  - ${k}`),
+              ...report.missingObjects.map((m) => `  ! file ${m.file_id}: object ${m.object_key} is missing`),
+            ].join('\n'),
+          );
+          if (report.missingObjects.length > 0) process.exitCode = 3;
+        }),
+      ),
     );
 
   const cache = program

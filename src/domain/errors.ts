@@ -9,6 +9,7 @@ export const ERRORS = {
   DATABANK_ERR_SAME_ACCOUNT: { status: 400, message: 'A transfer needs two different accounts' },
   DATABANK_ERR_CURRENCY_MISMATCH: { status: 400, message: 'Both accounts must hold the same currency' },
   DATABANK_ERR_INVALID_CURSOR: { status: 400, message: 'The paging cursor is not valid' },
+  DATABANK_ERR_BAD_PATH: { status: 400, message: 'The path is not a valid site path' },
   DATABANK_ERR_IDEMPOTENCY_KEY_INVALID: {
     status: 400,
     message: 'The Idempotency-Key header must be 1 to 255 printable ASCII characters',
@@ -24,6 +25,11 @@ export const ERRORS = {
   },
   DATABANK_ERR_PAYLOAD_TOO_LARGE: { status: 413, message: 'The request body is too large' },
   DATABANK_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'The request body must be application/json' },
+  DATABANK_ERR_UNSUPPORTED_FILE_TYPE: {
+    status: 415,
+    message: 'Only PNG, JPEG, WebP, GIF, PDF and plain UTF-8 text files are accepted',
+  },
+  DATABANK_ERR_RANGE_NOT_SATISFIABLE: { status: 416, message: 'The requested range is outside the file' },
   DATABANK_ERR_IDEMPOTENCY_KEY_REUSED: {
     status: 422,
     message: 'This Idempotency-Key was used with a different request',

@@ -3,7 +3,9 @@ import type { ApiKeysService } from '../services/api-keys.ts';
 import type { CustomersService } from '../services/customers.ts';
 import type { FeesService } from '../services/fees.ts';
 import type { IdempotencyService } from '../services/idempotency.ts';
+import type { FilesService } from '../services/files.ts';
 import type { MovementsService } from '../services/movements.ts';
+import type { Site } from '../services/site.ts';
 import type { TransfersService } from '../services/transfers.ts';
 import type { CachedReads } from '../services/cached-reads.ts';
 import type { Metrics } from './metrics.ts';
@@ -19,6 +21,9 @@ export interface HttpDeps {
   readonly apiKeys: ApiKeysService;
   readonly metrics: Metrics;
   readonly cache: CachedReads;
+  readonly files: FilesService;
+  /** The public website; null serves none. */
+  readonly site: Site | null;
   /** Resolves when the database answers. */
   readonly ready: () => Promise<void>;
 }

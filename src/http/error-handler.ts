@@ -66,8 +66,4 @@ export function registerErrorHandlers(app: FastifyInstance): void {
     return reply.code(500).send(body);
   });
 
-  app.setNotFoundHandler((request, reply) => {
-    const err = new DatabankError('DATABANK_ERR_ROUTE_NOT_FOUND', `no route ${request.method} ${request.url.split('?')[0]}`);
-    return reply.code(404).send(errorBody(err));
-  });
 }

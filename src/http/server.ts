@@ -10,8 +10,10 @@ import { registerHttpMetrics } from './metrics.ts';
 import { accountRoutes } from './routes/accounts.ts';
 import { cacheRoutes } from './routes/cache.ts';
 import { customerRoutes } from './routes/customers.ts';
+import { fileRoutes } from './routes/files.ts';
 import { healthRoutes } from './routes/health.ts';
 import { moneyRoutes } from './routes/money.ts';
+import { registerSite, routeNotFound } from './site.ts';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 
@@ -47,6 +49,10 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
   app.removeContentTypeParser('text/plain');
   app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id);
+    reply.header('x-content-type-options', 'nosniff');
+    // API answers are per caller and change with every write: no cache may keep them unless a
+    // route says otherwise (the site, file content).
+    if (!reply.hasHeader('cache-control')) reply.header('cache-control', 'no-store');
   });
   registerErrorHandlers(app);
   registerHttpMetrics(app, deps.metrics);
@@ -59,7 +65,9 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
       security: [{ bearer: [] }],
     },
   });
-  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes]) {
+  if (deps.site) registerSite(app, deps.site);
+  else app.setNotFoundHandler(routeNotFound);
+  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes]) {
     await app.register(async (scope) => routes(scope, deps));
   }
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

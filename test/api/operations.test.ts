@@ -86,7 +86,10 @@ for (const engine of ENGINES) {
         '/customers',
         '/customers/{id}',
         '/customers/{id}/accounts',
+        '/customers/{id}/files',
         '/fees',
+        '/files/{id}',
+        '/files/{id}/content',
         '/transfers',
       ]);
       const body = doc.paths['/transfers'].post.requestBody.content['application/json'].schema;

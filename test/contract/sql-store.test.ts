@@ -5,7 +5,7 @@ import { createMigrator, migrationStatus, unwrap } from '../../src/stores/sql/mi
 import { MIGRATIONS } from '../../src/stores/sql/migrations/index.ts';
 import { createTestDatabase, ENGINES, type TestDatabase } from '../support/engines.ts';
 
-const TABLES = ['accounts', 'api_keys', 'customers', 'fee_charges', 'idempotency_keys', 'ledger_entries', 'ledger_transactions', 'outbox'];
+const TABLES = ['accounts', 'api_keys', 'customers', 'fee_charges', 'files', 'idempotency_keys', 'ledger_entries', 'ledger_transactions', 'outbox'];
 
 async function tables(store: SqlStore): Promise<string[]> {
   const rows = await sql<{ table_name: string }>`

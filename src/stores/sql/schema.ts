@@ -10,6 +10,7 @@ export interface Database {
   idempotency_keys: IdempotencyKeysTable;
   api_keys: ApiKeysTable;
   outbox: OutboxTable;
+  files: FilesTable;
 }
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
@@ -81,4 +82,15 @@ export interface OutboxTable {
   payload: unknown;
   created_at: Generated<Date>;
   published_at: Date | null;
+}
+
+export interface FilesTable {
+  id: Generated<number>;
+  customer_id: number;
+  filename: string;
+  content_type: string;
+  size: number;
+  sha256: string;
+  object_key: string;
+  created_at: Generated<Date>;
 }

@@ -1,6 +1,7 @@
 import type { Migration } from 'kysely';
 import * as m0001 from './0001_initial.ts';
 import * as m0002 from './0002_transfer_function.ts';
+import * as m0003 from './0003_files.ts';
 
 /**
  * Every migration, by name; names sort in the order they run. `databank migrate make NAME` adds
@@ -10,5 +11,6 @@ import * as m0002 from './0002_transfer_function.ts';
 export const MIGRATIONS: Readonly<Record<string, Migration>> = {
   '0001_initial': m0001,
   '0002_transfer_function': m0002,
+  '0003_files': m0003,
   // databank:migrations (new migrations are added above this line)
 };

@@ -1,0 +1,181 @@
+import type { Readable } from 'node:stream';
+import multipart from '@fastify/multipart';
+import type { FastifyInstance } from 'fastify';
+import { Type, type Static } from 'typebox';
+import { DatabankError } from '../../domain/errors.ts';
+import { ALLOWED_TYPES } from '../../domain/file-types.ts';
+import { principalOf } from '../auth.ts';
+import type { HttpDeps } from '../deps.ts';
+import { COMMON_ERRORS, Cursor, ErrorBody, IdParams, Limit, limitOf, PageOf, Timestamp } from '../schemas.ts';
+import { sendObject } from '../send-object.ts';
+
+const FileMeta = Type.Object({
+  file_id: Type.Integer(),
+  customer_id: Type.Integer(),
+  filename: Type.String(),
+  content_type: Type.Union(ALLOWED_TYPES.map((t) => Type.Literal(t))),
+  size: Type.Integer(),
+  sha256: Type.String({ description: 'hex SHA-256 of the bytes; also the ETag of the content' }),
+  created_at: Timestamp,
+});
+
+const UploadQuery = Type.Object(
+  { filename: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'required for a raw body' })) },
+  { additionalProperties: false },
+);
+const ListQuery = Type.Object(
+  {
+    content_type: Type.Optional(Type.Union(ALLOWED_TYPES.map((t) => Type.Literal(t)))),
+    limit: Type.Optional(Limit),
+    cursor: Type.Optional(Cursor),
+  },
+  { additionalProperties: false },
+);
+
+/** Room for the multipart boundaries and part headers around the file itself. */
+const MULTIPART_OVERHEAD = 64 * 1024;
+
+/**
+ * User content is served so that a browser can never run it as a page of this site: always a
+ * download, never sniffed, in a sandbox with nothing allowed, and never stored by shared caches.
+ */
+const USER_CONTENT_HEADERS = {
+  'cache-control': 'private, no-cache',
+  'x-content-type-options': 'nosniff',
+  'content-security-policy': "default-src 'none'; sandbox",
+  'cross-origin-resource-policy': 'same-origin',
+} as const;
+
+export async function fileRoutes(app: FastifyInstance, deps: HttpDeps): Promise<void> {
+  const maxBytes = deps.files.maxUploadBytes;
+  // Upload bodies are streamed to the store as they arrive, whatever their Content-Type: no parser
+  // buffers them, and the type is told from the bytes.
+  app.removeAllContentTypeParsers();
+  await app.register(multipart, {
+    limits: { fileSize: maxBytes + 1, files: 1, parts: 4, fields: 2, fieldSize: 1024 },
+    throwFileSizeLimit: true,
+  });
+  app.addContentTypeParser('*', (_request, payload, done) => done(null, payload));
+
+  app.post(
+    '/customers/:id/files',
+    {
+      schema: {
+        tags: ['files'],
+        description:
+          'Upload one file: multipart/form-data with one file part, or the raw bytes with ?filename=. ' +
+          'The type is told from the bytes (PNG, JPEG, WebP, GIF, PDF or plain UTF-8 text).',
+        params: IdParams,
+        querystring: UploadQuery,
+        response: { 201: FileMeta, ...COMMON_ERRORS, 413: ErrorBody, 415: ErrorBody },
+      },
+    },
+    async (request, reply) => {
+      const principal = principalOf(request);
+      const customerId = Number((request.params as IdParams).id);
+      const query = request.query as Static<typeof UploadQuery>;
+      const isMultipart = request.isMultipart();
+      const declared = request.headers['content-length'] === undefined ? null : Number(request.headers['content-length']);
+      try {
+        await deps.files.assertCanUpload(
+          principal,
+          customerId,
+          declared === null ? null : declared - (isMultipart ? MULTIPART_OVERHEAD : 0),
+        );
+        let filename: string;
+        let body: Readable;
+        if (isMultipart) {
+          const part = await request.file();
+          if (!part) throw new DatabankError('DATABANK_ERR_VALIDATION', 'the form has no file part');
+          filename = query.filename ?? part.filename;
+          body = part.file;
+        } else {
+          if (query.filename === undefined) {
+            throw new DatabankError('DATABANK_ERR_VALIDATION', 'a raw upload needs ?filename= (or send multipart/form-data)');
+          }
+          filename = query.filename;
+          body = (request.body as Readable | undefined) ?? request.raw;
+        }
+        const meta = await deps.files.upload(principal, customerId, { filename, body });
+        return await reply.code(201).header('location', `/files/${meta.file_id}`).send(meta);
+      } catch (err) {
+        // The rest of the body was not read: do not keep the connection for another request.
+        if (!request.raw.readableEnded) reply.header('connection', 'close');
+        throw err;
+      }
+    },
+  );
+
+  app.get(
+    '/customers/:id/files',
+    {
+      schema: {
+        tags: ['files'],
+        description: "The customer's files, newest first",
+        params: IdParams,
+        querystring: ListQuery,
+        response: { 200: PageOf(FileMeta), ...COMMON_ERRORS },
+      },
+    },
+    async (request) => {
+      const query = request.query as Static<typeof ListQuery>;
+      return deps.files.list(principalOf(request), Number((request.params as IdParams).id), {
+        contentType: query.content_type,
+        limit: limitOf(query),
+        cursor: query.cursor,
+      });
+    },
+  );
+
+  app.get(
+    '/files/:id',
+    { schema: { tags: ['files'], params: IdParams, response: { 200: FileMeta, ...COMMON_ERRORS } } },
+    async (request) => deps.files.get(principalOf(request), Number((request.params as IdParams).id)),
+  );
+
+  // GET and HEAD share the handler; HEAD is declared on its own so that it answers the GET's
+  // Content-Length without reading the object.
+  for (const method of ['GET', 'HEAD'] as const) {
+    app.route({
+      method,
+      url: '/files/:id/content',
+      exposeHeadRoute: false,
+      schema: {
+        tags: ['files'],
+        ...(method === 'HEAD' ? { hide: true } : {}),
+        description:
+          'The bytes, as an attachment. ETag is the SHA-256; If-None-Match / If-Modified-Since give 304; ' +
+          'one Range gives 206 (416 outside the file). HEAD gives the headers only.',
+        params: IdParams,
+        response: { ...COMMON_ERRORS, 416: ErrorBody },
+      },
+      handler: async (request, reply) => {
+        const file = await deps.files.content(principalOf(request), Number((request.params as IdParams).id));
+        return sendObject(request, reply, {
+          etag: file.meta.sha256,
+          lastModified: file.lastModified,
+          size: file.meta.size,
+          contentType: file.meta.content_type === 'text/plain' ? 'text/plain; charset=utf-8' : file.meta.content_type,
+          headers: { ...USER_CONTENT_HEADERS, 'content-disposition': attachment(file.meta.filename) },
+          open: file.open,
+        });
+      },
+    });
+  }
+
+  app.delete(
+    '/files/:id',
+    { schema: { tags: ['files'], params: IdParams, response: { 204: Type.Null(), ...COMMON_ERRORS } } },
+    async (request, reply) => {
+      await deps.files.delete(principalOf(request), Number((request.params as IdParams).id));
+      return reply.code(204).send();
+    },
+  );
+}
+
+/** RFC 6266: an ASCII fallback name and the exact name in RFC 5987 encoding. */
+export function attachment(filename: string): string {
+  const fallback = filename.replace(/[^\x20-\x7e]|["\\%]/g, '_');
+  const exact = encodeURIComponent(filename).replace(/['()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  return `attachment; filename="${fallback}"; filename*=UTF-8''${exact}`;
+}

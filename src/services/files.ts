@@ -1,0 +1,262 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type { Kysely } from 'kysely';
+import { DatabankError } from '../domain/errors.ts';
+import { SNIFF_BYTES, sniff, TextChecker, type AllowedType } from '../domain/file-types.ts';
+import type { Page, Principal } from '../domain/types.ts';
+import type { ByteRange, FileStore } from '../stores/files/port.ts';
+import type { Database } from '../stores/sql/schema.ts';
+import { assertOwns } from './access.ts';
+import { decodeCursor, toPage } from './paging.ts';
+import { read } from './transaction.ts';
+
+/** A customer file as the API shows it. */
+export interface FileMeta {
+  readonly file_id: number;
+  readonly customer_id: number;
+  readonly filename: string;
+  readonly content_type: AllowedType;
+  readonly size: number;
+  readonly sha256: string;
+  readonly created_at: string;
+}
+
+export interface UploadInput {
+  readonly filename: string;
+  readonly body: Readable;
+}
+
+export interface SweepReport {
+  /** Objects under `files/` with no row, older than the grace period: removed (or, dry run, to remove). */
+  readonly orphanObjects: readonly string[];
+  /** Rows whose object is missing: files that cannot be served. */
+  readonly missingObjects: ReadonlyArray<{ file_id: number; object_key: string }>;
+  readonly objectsSeen: number;
+  readonly rowsSeen: number;
+}
+
+const PREFIX = 'files/';
+/** Printable text without path separators: the name is shown and sent back, never used as a path. */
+// eslint-disable-next-line no-control-regex -- refusing control characters is the point
+const FILENAME = /^[^\u0000-\u001f\u007f/\\]{1,255}$/u;
+
+/**
+ * Customer files: bytes in the file store under a generated key, the row in PostgreSQL. An upload
+ * writes the object first and the row after, so a visible row always has its bytes; a delete
+ * removes the row first and the object after the commit. Either way a crash can leave only an
+ * object without a row, which `sweep` removes.
+ */
+export class FilesService {
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly store: FileStore,
+    private readonly maxBytes: number,
+    private readonly onOrphan: (key: string, err: unknown) => void = () => undefined,
+  ) {}
+
+  get maxUploadBytes(): number {
+    return this.maxBytes;
+  }
+
+  /** Checks, before any byte is read, that the caller may upload to this customer. */
+  async assertCanUpload(principal: Principal, customerId: number, declaredBytes: number | null): Promise<void> {
+    assertOwns(principal, customerId);
+    const customer = await read(() =>
+      this.db.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst(),
+    );
+    if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
+    if (declaredBytes !== null && declaredBytes > this.maxBytes) throw this.tooLarge();
+  }
+
+  async upload(principal: Principal, customerId: number, input: UploadInput): Promise<FileMeta> {
+    await this.assertCanUpload(principal, customerId, null);
+    checkFilename(input.filename);
+    const source = input.body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    const first: Buffer[] = [];
+    let firstBytes = 0;
+    let ended = false;
+    while (firstBytes < SNIFF_BYTES) {
+      const next = await source.next();
+      if (next.done) {
+        ended = true;
+        break;
+      }
+      first.push(next.value);
+      firstBytes += next.value.length;
+    }
+    const head = Buffer.concat(first);
+    if (head.length > this.maxBytes) throw this.tooLarge();
+    const type = sniff(head, ended);
+    if (!type) throw new DatabankError('DATABANK_ERR_UNSUPPORTED_FILE_TYPE');
+
+    const hash = createHash('sha256').update(head);
+    const text = type === 'text/plain' ? new TextChecker() : null;
+    text?.push(head);
+    const maxBytes = this.maxBytes;
+    let size = head.length;
+    // The first error of the body's own checks; a store may wrap what the stream throws.
+    let refused: DatabankError | null = null;
+    const refuse = (err: DatabankError) => {
+      refused = err;
+      return err;
+    };
+    const tooLarge = () => this.tooLarge();
+    async function* rest(): AsyncGenerator<Buffer> {
+      yield head;
+      if (ended) {
+        if (text && !text.end()) throw refuse(new DatabankError('DATABANK_ERR_UNSUPPORTED_FILE_TYPE', 'the text is not valid UTF-8'));
+        return;
+      }
+      for (let next = await source.next(); !next.done; next = await source.next()) {
+        const chunk = next.value;
+        size += chunk.length;
+        if (size > maxBytes) throw refuse(tooLarge());
+        if (text && !text.push(chunk)) {
+          throw refuse(new DatabankError('DATABANK_ERR_UNSUPPORTED_FILE_TYPE', 'the file is not plain UTF-8 text'));
+        }
+        hash.update(chunk);
+        yield chunk;
+      }
+      if (text && !text.end()) throw refuse(new DatabankError('DATABANK_ERR_UNSUPPORTED_FILE_TYPE', 'the text is not valid UTF-8'));
+    }
+
+    const key = `${PREFIX}${randomUUID()}`;
+    try {
+      await this.store.put(key, Readable.from(rest()), { contentType: type });
+    } catch (err) {
+      await this.store.delete(key).catch(() => undefined);
+      throw refused ?? err;
+    }
+    const sha256 = hash.digest('hex');
+    try {
+      const row = await this.db
+        .insertInto('files')
+        .values({ customer_id: customerId, filename: input.filename, content_type: type, size, sha256, object_key: key })
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return toMeta(row);
+    } catch (err) {
+      await this.store.delete(key).catch((e: unknown) => this.onOrphan(key, e));
+      throw err;
+    }
+  }
+
+  /** A customer's files, newest first, optionally of one content type. */
+  async list(
+    principal: Principal,
+    customerId: number,
+    query: { contentType?: string; limit: number; cursor?: string },
+  ): Promise<Page<FileMeta>> {
+    await this.assertCanUpload(principal, customerId, null);
+    const before = decodeCursor(query.cursor);
+    const rows = await read(() =>
+      this.db
+        .selectFrom('files')
+        .selectAll()
+        .where('customer_id', '=', customerId)
+        .$if(before !== null, (q) => q.where('id', '<', before as number))
+        .$if(query.contentType !== undefined, (q) => q.where('content_type', '=', query.contentType as string))
+        .orderBy('id', 'desc')
+        .limit(query.limit + 1)
+        .execute(),
+    );
+    return toPage(rows.map(toMeta), query.limit, (f) => f.file_id);
+  }
+
+  async get(principal: Principal, fileId: number): Promise<FileMeta> {
+    return toMeta(await this.row(principal, fileId));
+  }
+
+  /**
+   * The file's description and a way to read its bytes. `open` resolves null when the object is
+   * gone although the row is there (reported by `sweep`).
+   */
+  async content(principal: Principal, fileId: number) {
+    const row = await this.row(principal, fileId);
+    return {
+      meta: toMeta(row),
+      lastModified: row.created_at,
+      open: async (range?: ByteRange) => (await this.store.get(row.object_key, range))?.body ?? null,
+    };
+  }
+
+  /** Removes the row, then (after the commit) the object; a failure there leaves an orphan for `sweep`. */
+  async delete(principal: Principal, fileId: number): Promise<void> {
+    const row = await this.row(principal, fileId);
+    const deleted = await this.db.deleteFrom('files').where('id', '=', row.id).returning('object_key').executeTakeFirst();
+    if (!deleted) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `file ${fileId} does not exist`);
+    await this.store.delete(deleted.object_key).catch((err: unknown) => this.onOrphan(deleted.object_key, err));
+  }
+
+  /**
+   * Compares the store with the table: removes objects under `files/` that have no row and are
+   * older than `graceMs` (a younger one may be an upload whose row is not yet written), and reports
+   * rows whose object is missing.
+   */
+  async sweep(options: { graceMs: number; dryRun: boolean; onProgress?: (seen: number) => void }): Promise<SweepReport> {
+    const rows = await this.db.selectFrom('files').select(['id', 'object_key']).execute();
+    const byKey = new Map(rows.map((r) => [r.object_key, r.id]));
+    const seen = new Set<string>();
+    const orphanObjects: string[] = [];
+    const cutoff = Date.now() - options.graceMs;
+    let objectsSeen = 0;
+    for await (const object of this.store.list(PREFIX)) {
+      objectsSeen++;
+      options.onProgress?.(objectsSeen);
+      if (byKey.has(object.key)) {
+        seen.add(object.key);
+        continue;
+      }
+      if (object.lastModified.getTime() > cutoff) continue;
+      // Checked again one by one: the row may have been written since the table was read.
+      const row = await this.db.selectFrom('files').select('id').where('object_key', '=', object.key).executeTakeFirst();
+      if (row) continue;
+      orphanObjects.push(object.key);
+      if (!options.dryRun) await this.store.delete(object.key);
+    }
+    const missingObjects = rows
+      .filter((r) => !seen.has(r.object_key))
+      .map((r) => ({ file_id: r.id, object_key: r.object_key }));
+    return { orphanObjects, missingObjects, objectsSeen, rowsSeen: rows.length };
+  }
+
+  private async row(principal: Principal, fileId: number) {
+    const row = await read(() => this.db.selectFrom('files').selectAll().where('id', '=', fileId).executeTakeFirst());
+    if (!row) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `file ${fileId} does not exist`);
+    assertOwns(principal, row.customer_id);
+    return row;
+  }
+
+  private tooLarge(): DatabankError {
+    return new DatabankError('DATABANK_ERR_PAYLOAD_TOO_LARGE', `files may be at most ${this.maxBytes} bytes`);
+  }
+}
+
+export function checkFilename(filename: string): void {
+  if (!FILENAME.test(filename) || filename.trim() === '' || filename === '.' || filename === '..') {
+    throw new DatabankError(
+      'DATABANK_ERR_VALIDATION',
+      'filename must be 1 to 255 characters, without control characters, / or \\',
+    );
+  }
+}
+
+function toMeta(row: {
+  id: number;
+  customer_id: number;
+  filename: string;
+  content_type: string;
+  size: number;
+  sha256: string;
+  created_at: Date;
+}): FileMeta {
+  return {
+    file_id: row.id,
+    customer_id: row.customer_id,
+    filename: row.filename,
+    content_type: row.content_type as AllowedType,
+    size: row.size,
+    sha256: row.sha256,
+    created_at: row.created_at.toISOString(),
+  };
+}
