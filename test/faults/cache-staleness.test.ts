@@ -1,3 +1,4 @@
+import { rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -217,6 +218,10 @@ describe.skipIf(!POSTGRES || !REDIS_UP)('cache staleness: two app instances shar
     await apps[0]?.deps.cache.flush().catch(() => undefined);
     for (const app of apps.reverse()) await app.close().catch(() => undefined);
     await db?.drop();
+    for (const app of apps) {
+      const store = app.config.files.store;
+      if (store.kind === 'local') rmSync(store.dir, { recursive: true, force: true });
+    }
   });
 
   it('a write through instance A is seen by the next read through instance B', async () => {

@@ -18,6 +18,18 @@ export interface TestApp {
 const FILES_DIR_PREFIX = join(tmpdir(), 'databank-test-files-');
 
 /**
+ * Files in a new temporary local folder, removed by `TestApp.close` (default limits, no site
+ * unless `siteDir` is given).
+ */
+export function localFiles(options: { maxUploadBytes?: number; siteDir?: string | null } = {}): Config['files'] {
+  return {
+    store: { kind: 'local', dir: mkdtempSync(FILES_DIR_PREFIX) },
+    maxUploadBytes: options.maxUploadBytes ?? 25 * 1024 * 1024,
+    siteDir: options.siteDir ?? null,
+  };
+}
+
+/**
  * The config a test app runs with: everything default but the database, and files in a new
  * temporary folder (removed by `TestApp.close`); no site is deployed unless `files` says so.
  */
@@ -31,11 +43,7 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
     demoData: true,
     logLevel: 'silent',
     cache: { store: { kind: 'memory', maxEntries: 10_000, maxBytes: 64 * 1024 * 1024 }, prefix: 'test', ttlSeconds: 300 },
-    files: overrides.files ?? {
-      store: { kind: 'local', dir: mkdtempSync(FILES_DIR_PREFIX) },
-      maxUploadBytes: 25 * 1024 * 1024,
-      siteDir: null,
-    },
+    files: overrides.files ?? localFiles(),
     instances: 1,
     ...overrides,
   };
