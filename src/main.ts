@@ -242,33 +242,34 @@ export function buildCli(): Command {
     .option('--dry-run', 'report, remove nothing')
     .option('--grace-seconds <n>', 'leave objects younger than this (uploads in progress)', wholeNumber, 3600)
     .option('--json', 'print {"orphanObjects","missingObjects","objectsSeen","rowsSeen"}')
-    .action((opts: { dryRun?: boolean; graceSeconds: number; json?: boolean }) =>
-      withStore((store, config) =>
+    .action(async (opts: { dryRun?: boolean; graceSeconds: number; json?: boolean }) => {
+      const report = await withStore((store, config) =>
         withFiles(async (files) => {
           const { FilesService } = await lazy.filesService();
           const bar = (await lazy.progress()).progress(!opts.json, 'sweeping');
-          const report = await new FilesService(store.db, files, config.files.maxUploadBytes)
+          return new FilesService(store.db, files, config.files.maxUploadBytes)
             .sweep({
               graceMs: opts.graceSeconds * 1000,
               dryRun: !!opts.dryRun,
               onProgress: (seen) => bar.update(seen, null, 'objects'),
             })
             .finally(() => bar.stop());
-          print(
-            !!opts.json,
-            report,
-            [
-              `${report.objectsSeen} objects, ${report.rowsSeen} rows: ` +
-                `${opts.dryRun ? 'would remove' : 'removed'} ${report.orphanObjects.length} objects without a row, ` +
-                `${report.missingObjects.length} rows without an object`,
-              ...report.orphanObjects.map((k) => `  - ${k}`),
-              ...report.missingObjects.map((m) => `  ! file ${m.file_id}: object ${m.object_key} is missing`),
-            ].join('\n'),
-          );
-          if (report.missingObjects.length > 0) process.exitCode = 3;
         }),
-      ),
-    );
+      );
+      print(
+        !!opts.json,
+        report,
+        [
+          `${report.objectsSeen} objects, ${report.rowsSeen} rows: ` +
+            `${opts.dryRun ? 'would remove' : 'removed'} ${report.orphanObjects.length} objects without a row, ` +
+            `${report.missingObjects.length} rows without an object`,
+          ...report.orphanObjects.map((k) => `  - ${k}`),
+          ...report.missingObjects.map((m) => `  ! file ${m.file_id}: object ${m.object_key} is missing`),
+        ].join('\n'),
+      );
+      // Set after the stores are closed: closing the embedded engine resets process.exitCode.
+      if (report.missingObjects.length > 0) process.exitCode = 3;
+    });
 
   const cache = program
     .command('cache')

@@ -184,7 +184,7 @@ export class FilesService {
   async delete(principal: Principal, fileId: number): Promise<void> {
     const row = await this.row(principal, fileId);
     const deleted = await this.db.deleteFrom('files').where('id', '=', row.id).returning('object_key').executeTakeFirst();
-    if (!deleted) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `file ${fileId} does not exist`);
+    if (!deleted) throw new DatabankError('DATABANK_ERR_NOT_FOUND');
     await this.store.delete(deleted.object_key).catch((err: unknown) => this.onOrphan(deleted.object_key, err));
   }
 
@@ -222,7 +222,8 @@ export class FilesService {
 
   private async row(principal: Principal, fileId: number) {
     const row = await read(() => this.db.selectFrom('files').selectAll().where('id', '=', fileId).executeTakeFirst());
-    if (!row) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `file ${fileId} does not exist`);
+    // The same answer as for another customer's file (assertOwns), so ids do not leak.
+    if (!row) throw new DatabankError('DATABANK_ERR_NOT_FOUND');
     assertOwns(principal, row.customer_id);
     return row;
   }
