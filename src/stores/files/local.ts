@@ -116,9 +116,7 @@ export class LocalFileStore implements FileStore {
 
   /** One flat folder: the key with `/` percent-encoded is the file name. */
   private pathOf(key: string): string {
-    const name = encodeURIComponent(checkKey(key));
-    if (name.length > 250) throw new Error('object key too long for a local file name');
-    return join(this.objects, name);
+    return join(this.objects, encodeURIComponent(checkKey(key)));
   }
 
   private async openObject(key: string): Promise<{ handle: FileHandle; info: ObjectInfo; offset: number } | null> {

@@ -50,12 +50,17 @@ export interface FileStore {
 
 const KEY = /^[A-Za-z0-9!_.*'()-]+(\/[A-Za-z0-9!_.*'()-]+)*$/;
 
+/** Longest key, counting each `/` as three characters: the local store's file name is the key with `/` as `%2F`. */
+const KEY_MAX = 250;
+
 /**
  * Keys are slash-separated segments of the characters S3 calls safe, with no `.` or `..` segment,
- * so no key can name a place outside the store's root. Throws on anything else.
+ * so no key can name a place outside the store's root, and at most KEY_MAX long with each `/`
+ * counted as three, so every store takes every valid key. Throws on anything else.
  */
 export function checkKey(key: string): string {
-  if (key.length > 512 || !KEY.test(key) || key.split('/').some((s) => s === '.' || s === '..')) {
+  const length = key.length + 2 * (key.split('/').length - 1);
+  if (length > KEY_MAX || !KEY.test(key) || key.split('/').some((s) => s === '.' || s === '..')) {
     throw new Error(`not a valid object key: ${JSON.stringify(key.slice(0, 80))}`);
   }
   return key;

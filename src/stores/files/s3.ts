@@ -36,6 +36,10 @@ export class S3FileStore implements FileStore {
       ...(config.endpoint ? { endpoint: config.endpoint } : {}),
       forcePathStyle: config.forcePathStyle,
       maxAttempts: 3,
+      // Checksums only where S3 requires them: fewer copies of each part in memory, and the
+      // S3-compatible servers that do not know the newer checksum headers keep working.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
     });
   }
 
@@ -64,6 +68,7 @@ export class S3FileStore implements FileStore {
       return { size: body.length };
     }
     let size = 0;
+    let streamError: unknown = null;
     const counted = body.pipe(
       new Transform({
         transform(chunk: Buffer, _encoding, callback) {
@@ -72,9 +77,25 @@ export class S3FileStore implements FileStore {
         },
       }),
     );
-    body.once('error', (err) => counted.destroy(err));
-    const upload = new Upload({ client: this.client, params: { ...params, Body: counted }, partSize: PART_BYTES, queueSize: QUEUE, leavePartsOnError: false });
-    await upload.done();
+    body.once('error', (err) => {
+      streamError = err;
+      counted.destroy(err);
+    });
+    const upload = new Upload({
+      client: this.client,
+      params: { ...params, Body: counted },
+      partSize: PART_BYTES,
+      queueSize: QUEUE,
+      leavePartsOnError: false,
+    });
+    try {
+      await upload.done();
+    } catch (err) {
+      // The caller's stream is not read further; and its own failure, not the clean-up's, is the cause.
+      body.destroy();
+      counted.destroy();
+      throw streamError ?? err;
+    }
     return { size };
   }
 
@@ -83,8 +104,10 @@ export class S3FileStore implements FileStore {
       const out = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: checkKey(key) }));
       return infoOf(key, out.ContentLength ?? 0, out);
     } catch (err) {
-      if (isMissing(err)) return null;
-      throw err;
+      if (!isMissing(err)) throw err;
+      // A HEAD answer has no body to say which is missing: the object, or the whole bucket.
+      await this.client.send(new HeadBucketCommand({ Bucket: this.bucket }));
+      return null;
     }
   }
 
@@ -143,8 +166,9 @@ function infoOf(
   };
 }
 
+/** The object is not there (a missing bucket is an error, not a missing object). */
 function isMissing(err: unknown): boolean {
-  return err instanceof S3ServiceException && (err.name === 'NoSuchKey' || err.name === 'NotFound' || err.$metadata.httpStatusCode === 404);
+  return err instanceof S3ServiceException && (err.name === 'NoSuchKey' || err.name === 'NotFound');
 }
 
 function describe(err: unknown): string {

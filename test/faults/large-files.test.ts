@@ -1,0 +1,162 @@
+import { createHash, type Hash } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { Readable } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FileStore } from '../../src/stores/files/port.ts';
+import { rng } from '../support/random.ts';
+import { FILE_STORE_KINDS, openTestFileStore, type TestFileStore } from '../support/file-stores.ts';
+
+/**
+ * A 1 GiB object goes into each FileStore from a generated stream and comes back as a stream,
+ * and the test process's resident memory stays within a bound far below the object's size:
+ * neither direction may hold the object (or a large part of it) in memory. S3 runs against an
+ * s3rver child process, whose memory is its own.
+ */
+
+const MiB = 1024 * 1024;
+const CHUNKS = 1024; // 1 GiB in 1 MiB chunks
+const SIZE = CHUNKS * MiB;
+/** Largest allowed growth of the resident set over its level before the transfer. */
+const RSS_LIMIT = 100 * MiB;
+const WARM_UP_CHUNKS = 64;
+const TIMEOUT = 240_000;
+
+/** Chunk `i` of the stream: a fixed random block rotated by an amount set by `i`, stamped with `i`. */
+const BLOCK = (() => {
+  const random = rng(11);
+  const block = Buffer.alloc(MiB);
+  for (let i = 0; i < MiB; i++) block[i] = Math.floor(random() * 256);
+  return block;
+})();
+function chunkAt(i: number): Buffer {
+  const r = (i * 65_537) % MiB;
+  const out = Buffer.allocUnsafe(MiB);
+  BLOCK.copy(out, 0, r);
+  BLOCK.copy(out, MiB - r, 0, r);
+  out.writeUInt32BE(i, 0);
+  return out;
+}
+
+/** Yields `chunks` chunks, one at a time, hashing each and sampling memory as it goes. */
+function* generated(chunks: number, hash: Hash | null, peak: PeakRss | null): Generator<Buffer> {
+  for (let i = 0; i < chunks; i++) {
+    const chunk = chunkAt(i);
+    hash?.update(chunk);
+    peak?.sample();
+    yield chunk;
+  }
+}
+
+/** A byte stream (not object mode) over the generated chunks, as an upload's request body is. */
+function body(chunks: number, hash: Hash | null, peak: PeakRss | null): Readable {
+  return Readable.from(generated(chunks, hash, peak), { objectMode: false });
+}
+
+/** The highest resident set size seen from construction to `stop`, sampled on a timer and on `sample`. */
+class PeakRss {
+  /** The resident set when sampling began, after a full collection when the runtime offers one. */
+  readonly base: number;
+  private peak: number;
+  private readonly timer: ReturnType<typeof setInterval>;
+
+  constructor() {
+    (globalThis as { gc?: () => void }).gc?.();
+    this.base = process.memoryUsage.rss();
+    this.peak = this.base;
+    this.timer = setInterval(() => this.sample(), 5);
+  }
+
+  sample(): void {
+    const rss = process.memoryUsage.rss();
+    if (rss > this.peak) this.peak = rss;
+  }
+
+  /** Stops sampling and returns the peak. */
+  stop(): number {
+    clearInterval(this.timer);
+    this.sample();
+    return this.peak;
+  }
+}
+
+const mib = (bytes: number) => `${(bytes / MiB).toFixed(1)} MiB`;
+
+describe.each(FILE_STORE_KINDS.map((kind) => ({ kind })))('1 GiB through the $kind file store', (impl) => {
+  let opened: TestFileStore;
+  let store: FileStore;
+  /** sha256 of the bytes the upload sent; the download must match it. */
+  let sent: string | undefined;
+  /** Peak resident set of the warm-up, for the report: growth past it is growth with the object's size. */
+  let warmUpPeak = 0;
+
+  beforeAll(async () => {
+    opened = await openTestFileStore(impl.kind);
+    store = opened.store;
+    // Warm-up, the same transfers at 64 MiB: loads the client, opens connections and lets the
+    // allocator reach its working size, so that the baselines below do not count one-time costs.
+    const peak = new PeakRss();
+    try {
+      for (let round = 0; round < 2; round++) {
+        await store.put('warm-up', body(WARM_UP_CHUNKS, null, null), { contentType: 'application/octet-stream' });
+        const got = await store.get('warm-up');
+        for await (const chunk of got?.body ?? []) void chunk;
+      }
+      await store.delete('warm-up');
+    } finally {
+      warmUpPeak = peak.stop();
+    }
+  }, TIMEOUT);
+  afterAll(async () => {
+    if (!opened) return;
+    try {
+      await store.delete('large/1gib');
+    } finally {
+      await opened.close();
+    }
+  }, TIMEOUT);
+
+  const report = (what: string, ms: number, base: number, peak: number) =>
+    `${impl.kind} ${what}: ${(ms / 1000).toFixed(1)} s; peak RSS ${mib(peak)}, ${mib(peak - base)} over the ${mib(base)} baseline, ` +
+    `${mib(peak - warmUpPeak)} over the warm-up's peak`;
+
+  it('uploads 1 GiB from a generated stream with the resident set growing by less than 100 MiB', { timeout: TIMEOUT }, async ({ annotate }) => {
+    const hash = createHash('sha256');
+    const peak = new PeakRss();
+    const t0 = performance.now();
+    let result: { size: number } | undefined;
+    let highest: number;
+    try {
+      result = await store.put('large/1gib', body(CHUNKS, hash, peak), { contentType: 'application/octet-stream' });
+    } finally {
+      highest = peak.stop();
+    }
+    await annotate(report('upload', performance.now() - t0, peak.base, highest));
+    sent = hash.digest('hex');
+    expect(result).toEqual({ size: SIZE });
+    expect((await store.head('large/1gib'))?.size).toBe(SIZE);
+    expect(highest - peak.base).toBeLessThan(RSS_LIMIT);
+  });
+
+  it('downloads it as a stream, sha256 matching, with the resident set growing by less than 100 MiB', { timeout: TIMEOUT }, async ({ annotate }) => {
+    expect(sent).toBeDefined();
+    const hash = createHash('sha256');
+    let size = 0;
+    const peak = new PeakRss();
+    const t0 = performance.now();
+    let highest: number;
+    try {
+      const got = await store.get('large/1gib');
+      expect(got?.info.size).toBe(SIZE);
+      for await (const chunk of got?.body ?? []) {
+        hash.update(chunk as Buffer);
+        size += (chunk as Buffer).length;
+        peak.sample();
+      }
+    } finally {
+      highest = peak.stop();
+    }
+    await annotate(report('download', performance.now() - t0, peak.base, highest));
+    expect({ size, sha256: hash.digest('hex') }).toEqual({ size: SIZE, sha256: sent });
+    expect(highest - peak.base).toBeLessThan(RSS_LIMIT);
+  });
+});

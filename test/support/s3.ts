@@ -1,0 +1,91 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { FilesConfig } from '../../src/config.ts';
+
+/** The key pair s3rver accepts; the S3 store reads credentials through the SDK's default chain. */
+process.env.AWS_ACCESS_KEY_ID ??= 'S3RVER';
+process.env.AWS_SECRET_ACCESS_KEY ??= 'S3RVER';
+/** The SDK warns once per process that Node 20 support ends; this is the SDK's own switch for it. */
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const SCRIPT = fileURLToPath(new URL('./s3-server.ts', import.meta.url));
+const START_LIMIT_MS = 30_000;
+
+export interface S3Server {
+  /** http://127.0.0.1:PORT */
+  readonly endpoint: string;
+  readonly bucket: string;
+  /** Where the server keeps its buckets. */
+  readonly directory: string;
+  readonly config: Extract<FilesConfig, { kind: 's3' }>;
+  /** Ends the server process and removes its directory. */
+  stop(): Promise<void>;
+}
+
+/**
+ * An s3rver in a child process (its memory is not the test process's), on a free port of
+ * 127.0.0.1, over a new temporary directory, with one empty bucket.
+ */
+export async function startS3Server(bucket = 'databank-test'): Promise<S3Server> {
+  const directory = await mkdtemp(join(tmpdir(), 'databank-test-s3-'));
+  const child = spawn(process.execPath, ['--openssl-legacy-provider', '--import', 'tsx', SCRIPT, directory, bucket], {
+    cwd: ROOT,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+
+  let port: number;
+  try {
+    port = await new Promise<number>((resolve, reject) => {
+      let stdout = '';
+      const timer = setTimeout(() => reject(new Error(`s3rver did not start in ${START_LIMIT_MS} ms: ${stderr}`)), START_LIMIT_MS);
+      child.stdout.on('data', (d: Buffer) => {
+        stdout += d.toString();
+        const line = stdout.split('\n', 2);
+        if (line.length < 2) return;
+        clearTimeout(timer);
+        const parsed = JSON.parse(line[0] ?? '') as { port?: unknown };
+        if (typeof parsed.port === 'number') resolve(parsed.port);
+        else reject(new Error(`s3rver printed ${JSON.stringify(line[0])} instead of its port`));
+      });
+      child.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      void exited.then(([code, signal]) => {
+        clearTimeout(timer);
+        reject(new Error(`s3rver exited (${code ?? signal}) before listening: ${stderr}`));
+      });
+    });
+  } catch (err) {
+    child.kill('SIGKILL');
+    await rm(directory, { recursive: true, force: true });
+    throw err;
+  }
+
+  const endpoint = `http://127.0.0.1:${port}`;
+  let stopped: Promise<void> | undefined;
+  return {
+    endpoint,
+    bucket,
+    directory,
+    config: { kind: 's3', bucket, endpoint, region: 'us-east-1', forcePathStyle: true },
+    stop() {
+      stopped ??= (async () => {
+        if (child.exitCode === null && child.signalCode === null) {
+          child.kill('SIGTERM');
+          await exited;
+        }
+        await rm(directory, { recursive: true, force: true });
+      })();
+      return stopped;
+    },
+  };
+}
