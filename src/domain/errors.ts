@@ -40,6 +40,10 @@ export const ERRORS = {
     message: 'The accounts are busy; the request was not applied, retry it',
   },
   DATABANK_ERR_UNAVAILABLE: { status: 503, message: 'The database is unavailable; the request was not applied' },
+  DATABANK_ERR_FILE_STORE_UNAVAILABLE: {
+    status: 503,
+    message: 'The file store is unavailable; nothing was stored, retry',
+  },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;
@@ -54,6 +58,19 @@ export class DatabankError extends Error {
     this.name = 'DatabankError';
     this.code = code;
     this.statusCode = ERRORS[code].status;
+  }
+}
+
+/**
+ * Runs a call to the file store; a failure that is not already a catalog error (the store down,
+ * slow or refusing) becomes DATABANK_ERR_FILE_STORE_UNAVAILABLE, with the cause kept for the log.
+ */
+export async function fileStoreCall<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    if (err instanceof DatabankError) throw err;
+    throw new DatabankError('DATABANK_ERR_FILE_STORE_UNAVAILABLE', undefined, { cause: err });
   }
 }
 

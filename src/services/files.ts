@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Kysely } from 'kysely';
-import { DatabankError } from '../domain/errors.ts';
+import { DatabankError, fileStoreCall } from '../domain/errors.ts';
 import { SNIFF_BYTES, sniff, TextChecker, type AllowedType } from '../domain/file-types.ts';
 import type { Page, Principal } from '../domain/types.ts';
 import type { ByteRange, FileStore } from '../stores/files/port.ts';
@@ -122,9 +122,10 @@ export class FilesService {
 
     const key = `${PREFIX}${randomUUID()}`;
     try {
-      await this.store.put(key, Readable.from(rest()), { contentType: type });
+      await fileStoreCall(() => this.store.put(key, Readable.from(rest()), { contentType: type }));
     } catch (err) {
       await this.store.delete(key).catch(() => undefined);
+      // The body's own refusal (too large, not text) is the answer, whatever the store made of it.
       throw refused ?? err;
     }
     const sha256 = hash.digest('hex');
@@ -176,7 +177,7 @@ export class FilesService {
     return {
       meta: toMeta(row),
       lastModified: row.created_at,
-      open: async (range?: ByteRange) => (await this.store.get(row.object_key, range))?.body ?? null,
+      open: async (range?: ByteRange) => (await fileStoreCall(() => this.store.get(row.object_key, range)))?.body ?? null,
     };
   }
 

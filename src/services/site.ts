@@ -4,6 +4,7 @@ import { extname, join, relative, sep } from 'node:path';
 import { promisify } from 'node:util';
 import { brotliCompress, constants as zlib, gzip } from 'node:zlib';
 import { LRUCache } from 'lru-cache';
+import { fileStoreCall } from '../domain/errors.ts';
 import type { ByteRange, FileStore } from '../stores/files/port.ts';
 import { checkKey } from '../stores/files/port.ts';
 
@@ -249,7 +250,7 @@ export class Site {
   async manifest(): Promise<Manifest | null> {
     const cached = this.manifestCache;
     if (cached && Date.now() - cached.at < this.options.refreshMs) return cached.manifest;
-    this.loading ??= readManifest(this.store)
+    this.loading ??= fileStoreCall(() => readManifest(this.store))
       .then((manifest) => {
         this.manifestCache = { manifest, at: Date.now() };
         return manifest;
@@ -273,15 +274,21 @@ export class Site {
   /** The bytes of a file or of one of its variants. */
   async open(path: string, encoding: Encoding | null, variant: Variant, range?: ByteRange) {
     const key = (encoding ? VARIANT_PREFIX[encoding] : SITE_PREFIX) + path;
-    if (variant.size > this.options.maxCachedFileBytes) return (await this.store.get(key, range))?.body ?? null;
+    if (variant.size > this.options.maxCachedFileBytes) {
+      return (await fileStoreCall(() => this.store.get(key, range)))?.body ?? null;
+    }
     const id = `${encoding ?? 'identity'}:${variant.md5}`;
     let bytes = this.bodies.get(id);
     if (!bytes) {
-      const got = await this.store.get(key);
-      if (!got) return null;
-      const chunks: Buffer[] = [];
-      for await (const chunk of got.body) chunks.push(chunk as Buffer);
-      bytes = Buffer.concat(chunks);
+      const read = await fileStoreCall(async () => {
+        const got = await this.store.get(key);
+        if (!got) return null;
+        const chunks: Buffer[] = [];
+        for await (const chunk of got.body) chunks.push(chunk as Buffer);
+        return Buffer.concat(chunks);
+      });
+      if (!read) return null;
+      bytes = read;
       // Only bytes that match the manifest are kept: a deploy may have replaced them meanwhile.
       if (md5(bytes) === variant.md5) this.bodies.set(id, bytes);
     }

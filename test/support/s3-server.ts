@@ -1,7 +1,7 @@
 /**
  * An s3rver (S3-protocol server on local disk) for tests, run as its own process by
- * test/support/s3.ts: `node --openssl-legacy-provider --import tsx test/support/s3-server.ts DIRECTORY BUCKET`.
- * Listens on a free port of 127.0.0.1, prints `{"port":N}` on one line once it listens, and exits
+ * test/support/s3.ts: `node --openssl-legacy-provider --import tsx test/support/s3-server.ts DIRECTORY BUCKET [PORT]`.
+ * Listens on PORT (default: a free port) of 127.0.0.1, prints `{"port":N}` on one line once it listens, and exits
  * when its stdin closes (the test process ended) or on SIGTERM / SIGINT, removing DIRECTORY.
  *
  * Three gaps between s3rver 3.7 and S3 are closed here:
@@ -81,15 +81,15 @@ store.getObject = async function (this: FilesystemStore, bucket, key, options) {
 
 const S3rver = require('s3rver') as new (options: S3rverOptions) => S3rver;
 
-const [directory, bucket] = process.argv.slice(2);
+const [directory, bucket, portArg] = process.argv.slice(2);
 if (!directory || !bucket) {
-  process.stderr.write('usage: s3-server.ts DIRECTORY BUCKET\n');
+  process.stderr.write('usage: s3-server.ts DIRECTORY BUCKET [PORT]\n');
   process.exit(2);
 }
 
 const server = new S3rver({
   address: '127.0.0.1',
-  port: 0,
+  port: portArg ? Number(portArg) : 0,
   silent: true,
   directory,
   configureBuckets: [{ name: bucket }],

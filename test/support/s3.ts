@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -23,27 +23,34 @@ export interface S3Server {
   /** Where the server keeps its buckets. */
   readonly directory: string;
   readonly config: Extract<FilesConfig, { kind: 's3' }>;
+  /** The server process now running (it changes with `restart`). */
+  readonly pid: number;
+  /** SIGKILL: the server dies as in a crash, keeping its directory. */
+  crash(): Promise<void>;
+  /** A new server process on the same port and directory, after `crash`. */
+  restart(): Promise<void>;
   /** Ends the server process and removes its directory. */
   stop(): Promise<void>;
 }
 
-/**
- * An s3rver in a child process (its memory is not the test process's), on a free port of
- * 127.0.0.1, over a new temporary directory, with one empty bucket.
- */
-export async function startS3Server(bucket = 'databank-test'): Promise<S3Server> {
-  const directory = await mkdtemp(join(tmpdir(), 'databank-test-s3-'));
-  const child = spawn(process.execPath, ['--openssl-legacy-provider', '--import', 'tsx', SCRIPT, directory, bucket], {
-    cwd: ROOT,
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+interface Launched {
+  readonly child: ChildProcessWithoutNullStreams;
+  readonly port: number;
+  readonly exited: Promise<[number | null, NodeJS.Signals | null]>;
+}
+
+/** Starts the s3rver child and resolves once it prints the port it listens on. */
+async function launch(directory: string, bucket: string, port: number | null): Promise<Launched> {
+  const child = spawn(
+    process.execPath,
+    ['--openssl-legacy-provider', '--import', 'tsx', SCRIPT, directory, bucket, ...(port === null ? [] : [String(port)])],
+    { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] },
+  );
   const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-
-  let port: number;
   try {
-    port = await new Promise<number>((resolve, reject) => {
+    const listening = await new Promise<number>((resolve, reject) => {
       let stdout = '';
       const timer = setTimeout(() => reject(new Error(`s3rver did not start in ${START_LIMIT_MS} ms: ${stderr}`)), START_LIMIT_MS);
       child.stdout.on('data', (d: Buffer) => {
@@ -64,24 +71,52 @@ export async function startS3Server(bucket = 'databank-test'): Promise<S3Server>
         reject(new Error(`s3rver exited (${code ?? signal}) before listening: ${stderr}`));
       });
     });
+    return { child, port: listening, exited };
   } catch (err) {
     child.kill('SIGKILL');
+    throw err;
+  }
+}
+
+/**
+ * An s3rver in a child process (its memory is not the test process's), on a free port of
+ * 127.0.0.1, over a new temporary directory, with one empty bucket.
+ */
+export async function startS3Server(bucket = 'databank-test'): Promise<S3Server> {
+  const directory = await mkdtemp(join(tmpdir(), 'databank-test-s3-'));
+  let current: Launched;
+  try {
+    current = await launch(directory, bucket, null);
+  } catch (err) {
     await rm(directory, { recursive: true, force: true });
     throw err;
   }
-
+  const { port } = current;
   const endpoint = `http://127.0.0.1:${port}`;
   let stopped: Promise<void> | undefined;
+  const running = () => current.child.exitCode === null && current.child.signalCode === null;
   return {
     endpoint,
     bucket,
     directory,
     config: { kind: 's3', bucket, endpoint, region: 'us-east-1', forcePathStyle: true },
+    get pid() {
+      return current.child.pid ?? -1;
+    },
+    async crash() {
+      if (!running()) return;
+      current.child.kill('SIGKILL');
+      await current.exited;
+    },
+    async restart() {
+      if (running()) throw new Error('restart: the server is still running; crash it first');
+      current = await launch(directory, bucket, port);
+    },
     stop() {
       stopped ??= (async () => {
-        if (child.exitCode === null && child.signalCode === null) {
-          child.kill('SIGTERM');
-          await exited;
+        if (running()) {
+          current.child.kill('SIGTERM');
+          await current.exited;
         }
         await rm(directory, { recursive: true, force: true });
       })();

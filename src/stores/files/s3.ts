@@ -36,6 +36,9 @@ export class S3FileStore implements FileStore {
       ...(config.endpoint ? { endpoint: config.endpoint } : {}),
       forcePathStyle: config.forcePathStyle,
       maxAttempts: 3,
+      // A store that does not answer fails the request in seconds instead of holding it forever;
+      // the idle limit leaves long transfers alone as long as bytes keep moving.
+      requestHandler: { connectionTimeout: 5_000, socketTimeout: 30_000 },
       // Checksums only where S3 requires them: fewer copies of each part in memory, and the
       // S3-compatible servers that do not know the newer checksum headers keep working.
       requestChecksumCalculation: 'WHEN_REQUIRED',
