@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import type { Benchmark, Timing } from './lib/benchmark.ts';
 import { freePort, startChild, waitForHttp } from './lib/child.ts';
 import { onCleanup } from './lib/cleanup.ts';
-import { between, pidsNamed, postgresPids, settle, snapshot, type CpuGroups, type CpuSnapshot } from './lib/cpu.ts';
+import { between, type CpuGroups, cpuPerRequest, type CpuSnapshot, pidsNamed, postgresPids, settle, snapshot } from './lib/cpu.ts';
 import { childEnv, databankRevision, DATABANK_DIR, inParallel, startDatabank } from './lib/databank.ts';
 import { runLoad, type LoadResult } from './lib/load.ts';
 import { BenchError, progress, sleep } from './lib/log.ts';
@@ -277,23 +277,8 @@ const SERVING: Record<string, readonly string[]> = {
   [REDIS_GET]: ['redis'],
 };
 
-/**
- * CPU time per answer, in microseconds, of each serving process and in total. Unlike the rate, it
- * does not depend on who else held the cores (the client, other programs), so it still compares
- * the servers when a rate is bounded by the load generator.
- */
-function cpuPerRequest(s: Series): Record<string, number> {
-  const us = (cores: number) => Math.round((cores / s.rate) * 1e6 * 10) / 10;
-  const out: Record<string, number> = {};
-  let total = 0;
-  for (const group of SERVING[s.name] ?? []) {
-    const cores = s.cpu_cores[group];
-    if (cores === undefined || s.rate <= 0) continue;
-    out[group] = us(cores);
-    total += cores;
-  }
-  out.total = s.rate > 0 ? us(total) : Number.NaN;
-  return out;
+function servingCpu(s: Series): Record<string, number> {
+  return cpuPerRequest(s, SERVING[s.name] ?? []);
 }
 
 /** What bounds a series, from its CPU split: a saturated machine, or one saturated thread. */
@@ -369,7 +354,7 @@ async function run(timing: Timing): Promise<BenchResult> {
   const redisGet = byName(REDIS_GET);
   const machine = machineInfo(version);
   const generator = bare.cpu_cores['load generator'] ?? 0;
-  const perRequest = Object.fromEntries(series.map((s) => [s.name, cpuPerRequest(s)]));
+  const perRequest = Object.fromEntries(series.map((s) => [s.name, servingCpu(s)]));
   const cpuTotal = (name: string) => perRequest[name]?.total ?? Number.NaN;
   return {
     benchmark: 'cache',

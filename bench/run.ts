@@ -6,9 +6,10 @@ import { cleanupAll } from './lib/cleanup.ts';
 import { BenchError, progress } from './lib/log.ts';
 import { formatResult, writeResult } from './lib/report.ts';
 import { reads } from './reads.ts';
+import { staticFiles } from './static.ts';
 import { transfers } from './transfers.ts';
 
-const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache];
+const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles];
 
 function usage(): string {
   return [
@@ -29,6 +30,7 @@ function usage(): string {
     '  PGBENCH             pgbench binary (default /usr/bin/pgbench)',
     '  REDIS_URL           Redis for the cache benchmark (default redis://127.0.0.1:6379)',
     '  REDIS_BENCHMARK     redis-benchmark binary (default /usr/bin/redis-benchmark)',
+    '  NGINX               nginx binary for the static benchmark (default /usr/sbin/nginx)',
     '',
     'Every run writes bench/results/<name>.json; progress goes to stderr.',
   ].join('\n');

@@ -139,3 +139,25 @@ export function settle(): Promise<number> {
     progress(`the machine is busy (${busy.toFixed(2)} cores in use): waiting up to 15s for it to settle`),
   );
 }
+
+/**
+ * CPU time per answer, in microseconds, of each serving process group and in total. Unlike the
+ * rate, it does not depend on who else held the cores (the client, other programs), so it still
+ * compares servers when a rate is bounded by the load generator.
+ */
+export function cpuPerRequest(
+  series: { readonly rate: number; readonly cpu_cores: Readonly<Record<string, number>> },
+  serving: readonly string[],
+): Record<string, number> {
+  const us = (cores: number) => Math.round((cores / series.rate) * 1e6 * 10) / 10;
+  const out: Record<string, number> = {};
+  let total = 0;
+  for (const group of serving) {
+    const cores = series.cpu_cores[group];
+    if (cores === undefined || series.rate <= 0) continue;
+    out[group] = us(cores);
+    total += cores;
+  }
+  out.total = series.rate > 0 ? us(total) : Number.NaN;
+  return out;
+}

@@ -18,7 +18,8 @@ const CONFIG_VARS = ['DATABASE_URL', 'DATABASE_POOL_MAX', 'DATABASE_SSL_CA', 'PO
 export function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const name of CONFIG_VARS) delete env[name];
-  for (const name of Object.keys(env)) if (name.startsWith('DATABANK_')) delete env[name];
+  // S3_* would move the child's file store (and the site) into a bucket.
+  for (const name of Object.keys(env)) if (name.startsWith('DATABANK_') || name.startsWith('S3_')) delete env[name];
   return { ...env, ...extra };
 }
 

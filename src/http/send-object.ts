@@ -25,12 +25,9 @@ export interface Servable {
 export async function sendObject(request: FastifyRequest, reply: FastifyReply, object: Servable): Promise<FastifyReply> {
   const etag = `"${object.etag}"`;
   const lastModified = new Date(Math.floor(object.lastModified.getTime() / 1000) * 1000);
-  reply.headers({
-    ...object.headers,
-    etag,
-    'last-modified': lastModified.toUTCString(),
-    'accept-ranges': 'bytes',
-  });
+  // One header at a time: spreading the headers into a new object costs more than serving a small file.
+  for (const name in object.headers) reply.header(name, object.headers[name]);
+  reply.header('etag', etag).header('last-modified', lastModified.toUTCString()).header('accept-ranges', 'bytes');
   if (notModified(request, etag, lastModified)) return reply.code(304).send();
 
   const range = request.method === 'GET' || request.method === 'HEAD' ? rangeOf(request, etag, lastModified, object.size) : null;
