@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -199,6 +199,9 @@ function parseFiles(env: Env, dataDir: string, problems: string[]): FilesSetting
   const maxUploadBytes = parseIntVar(env, 'DATABANK_MAX_UPLOAD_BYTES', 25 * 1024 * 1024, 1, 5 * 1024 ** 4, problems);
   const siteRaw = env.DATABANK_SITE_DIR;
   const siteDir = siteRaw === 'none' ? null : resolve(siteRaw || BUNDLED_SITE);
+  if (siteRaw && siteDir !== null && !isDirectory(siteDir)) {
+    problems.push(`DATABANK_SITE_DIR: "${siteRaw}" is not a folder (or "none" to publish no site)`);
+  }
   const bucket = env.S3_BUCKET;
   if (!bucket) {
     for (const name of ['S3_ENDPOINT', 'S3_REGION', 'S3_FORCE_PATH_STYLE']) {
@@ -222,6 +225,14 @@ function parseFiles(env: Env, dataDir: string, problems: string[]): FilesSetting
   const region = env.S3_REGION || env.AWS_REGION || 'us-east-1';
   const forcePathStyle = parseBoolVar(env, 'S3_FORCE_PATH_STYLE', endpoint !== null, problems);
   return { store: { kind: 's3', bucket, endpoint, region, forcePathStyle }, maxUploadBytes, siteDir };
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 function parseIntVar(env: Env, name: string, dflt: number, min: number, max: number, problems: string[]): number {

@@ -112,6 +112,9 @@ describe('config', () => {
       forcePathStyle: false,
     });
     expect(loadConfig({ DATABANK_SITE_DIR: 'none' }).files.siteDir).toBeNull();
+    expect(() => loadConfig({ DATABANK_SITE_DIR: '/nonexistent-site' })).toThrow(
+      expect.objectContaining({ problems: ['DATABANK_SITE_DIR: "/nonexistent-site" is not a folder (or "none" to publish no site)'] }),
+    );
     expect(() =>
       loadConfig({ S3_BUCKET: 'Bad_Bucket', S3_ENDPOINT: 'ftp://x', S3_FORCE_PATH_STYLE: 'maybe', DATABANK_MAX_UPLOAD_BYTES: '0' }),
     ).toThrow(

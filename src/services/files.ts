@@ -60,11 +60,7 @@ export class FilesService {
 
   /** Checks, before any byte is read, that the caller may upload to this customer. */
   async assertCanUpload(principal: Principal, customerId: number, declaredBytes: number | null): Promise<void> {
-    assertOwns(principal, customerId);
-    const customer = await read(() =>
-      this.db.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst(),
-    );
-    if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
+    await this.assertCustomer(principal, customerId);
     if (declaredBytes !== null && declaredBytes > this.maxBytes) throw this.tooLarge();
   }
 
@@ -148,7 +144,7 @@ export class FilesService {
     customerId: number,
     query: { contentType?: string; limit: number; cursor?: string },
   ): Promise<Page<FileMeta>> {
-    await this.assertCanUpload(principal, customerId, null);
+    await this.assertCustomer(principal, customerId);
     const before = decodeCursor(query.cursor);
     const rows = await read(() =>
       this.db
@@ -219,6 +215,15 @@ export class FilesService {
       .filter((r) => !seen.has(r.object_key))
       .map((r) => ({ file_id: r.id, object_key: r.object_key }));
     return { orphanObjects, missingObjects, objectsSeen, rowsSeen: rows.length };
+  }
+
+  /** The customer exists and the caller may see it; otherwise the same 404 either way. */
+  private async assertCustomer(principal: Principal, customerId: number): Promise<void> {
+    assertOwns(principal, customerId);
+    const customer = await read(() =>
+      this.db.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst(),
+    );
+    if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
   }
 
   private async row(principal: Principal, fileId: number) {
