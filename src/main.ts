@@ -212,7 +212,7 @@ export function buildCli(): Command {
     )
     .argument('[dir]', 'the folder to publish (default: the site/ folder shipped with databank)')
     .option('--dry-run', 'say what would change, change nothing')
-    .option('--json', 'print {"files","uploaded","unchanged","deleted","bytesUploaded"}')
+    .option('--json', 'print {"files","uploaded","unchanged","deleted","objectsRemoved","bytesUploaded"}')
     .action((dir: string | undefined, opts: { dryRun?: boolean; json?: boolean }) =>
       withFiles(async (files, config) => {
         const source = dir ?? config.files.siteDir;
@@ -226,8 +226,9 @@ export function buildCli(): Command {
           !!opts.json,
           report,
           [
-            `${report.files} files: ${verb} ${report.uploaded.length} objects (${report.bytesUploaded} bytes), ` +
-              `${report.unchanged} unchanged, ${opts.dryRun ? 'would remove' : 'removed'} ${report.deleted.length}`,
+            `${report.files} files: ${verb} ${report.uploaded.length} (${report.bytesUploaded} bytes), ` +
+              `${report.unchanged} unchanged, ${report.deleted.length} gone from the site, ` +
+              `${report.objectsRemoved} unused objects ${opts.dryRun ? 'to remove' : 'removed'}`,
             ...report.uploaded.map((k) => `  + ${k}`),
             ...report.deleted.map((k) => `  - ${k}`),
           ].join('\n'),

@@ -10,6 +10,10 @@ export const ERRORS = {
   DATABANK_ERR_CURRENCY_MISMATCH: { status: 400, message: 'Both accounts must hold the same currency' },
   DATABANK_ERR_INVALID_CURSOR: { status: 400, message: 'The paging cursor is not valid' },
   DATABANK_ERR_BAD_PATH: { status: 400, message: 'The path is not a valid site path' },
+  DATABANK_ERR_BAD_UPLOAD: {
+    status: 400,
+    message: 'The upload ended early or is not valid multipart/form-data',
+  },
   DATABANK_ERR_IDEMPOTENCY_KEY_INVALID: {
     status: 400,
     message: 'The Idempotency-Key header must be 1 to 255 printable ASCII characters',

@@ -49,8 +49,22 @@ export function toDatabankError(err: unknown): DatabankError | null {
   return null;
 }
 
+/** Headers a route may have set for the answer it meant to give; an error answer must not keep them. */
+const REPRESENTATION_HEADERS = [
+  'etag',
+  'last-modified',
+  'cache-control',
+  'vary',
+  'content-range',
+  'content-disposition',
+  'content-encoding',
+  'content-length',
+  'accept-ranges',
+];
+
 export function registerErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler((err: unknown, request: FastifyRequest, reply: FastifyReply) => {
+    for (const name of REPRESENTATION_HEADERS) reply.removeHeader(name);
     const known = toDatabankError(err);
     if (known) {
       if (known.statusCode >= 500) request.log.warn({ err, code: known.code }, known.message);

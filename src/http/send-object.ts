@@ -17,34 +17,44 @@ export interface Servable {
   open(range?: ByteRange): Promise<Readable | Buffer | null>;
 }
 
+/** What `sendObject` answers, without sending anything, when the bytes are gone. */
+export const GONE = Symbol('gone');
+
 /**
  * Answers a GET or HEAD the way a file server does: validators (ETag, Last-Modified), conditional
  * requests (If-None-Match, If-Modified-Since → 304), one byte range (Range, If-Range → 206, or
- * 416 when it is outside the file), and HEAD with the headers of the GET.
+ * 416 when it is outside the file), and HEAD with the headers of the GET. The bytes are opened
+ * before any header is set, so that an error answer never carries the file's validators or
+ * caching headers; when they are gone, nothing is sent and GONE is returned.
  */
-export async function sendObject(request: FastifyRequest, reply: FastifyReply, object: Servable): Promise<FastifyReply> {
+export async function sendObject(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  object: Servable,
+): Promise<FastifyReply | typeof GONE> {
   const etag = `"${object.etag}"`;
   const lastModified = new Date(Math.floor(object.lastModified.getTime() / 1000) * 1000);
-  // One header at a time: spreading the headers into a new object costs more than serving a small file.
-  for (const name in object.headers) reply.header(name, object.headers[name]);
-  reply.header('etag', etag).header('last-modified', lastModified.toUTCString()).header('accept-ranges', 'bytes');
-  if (notModified(request, etag, lastModified)) return reply.code(304).send();
-
-  const range = request.method === 'GET' || request.method === 'HEAD' ? rangeOf(request, etag, lastModified, object.size) : null;
+  const validators = () => {
+    // One header at a time: spreading them into a new object costs more than serving a small file.
+    for (const name in object.headers) reply.header(name, object.headers[name]);
+    reply.header('etag', etag).header('last-modified', lastModified.toUTCString()).header('accept-ranges', 'bytes');
+  };
+  if (notModified(request, etag, lastModified)) {
+    validators();
+    return reply.code(304).send();
+  }
+  const range = rangeOf(request, etag, lastModified, object.size);
   if (range === 'unsatisfiable') {
     reply.header('content-range', `bytes */${object.size}`);
     return reply.code(416).send(errorBody(new DatabankError('DATABANK_ERR_RANGE_NOT_SATISFIABLE')));
   }
+  const body = request.method === 'HEAD' ? null : await object.open(range ?? undefined);
+  if (request.method !== 'HEAD' && body === null) return GONE;
+  validators();
   reply.header('content-type', object.contentType);
-  if (range) {
-    reply.code(206).header('content-range', `bytes ${range.start}-${range.end}/${object.size}`);
-  }
-  const length = range ? range.end - range.start + 1 : object.size;
-  reply.header('content-length', String(length));
-  if (request.method === 'HEAD') return reply.send();
-  const body = await object.open(range ?? undefined);
-  if (body === null) throw new DatabankError('DATABANK_ERR_NOT_FOUND', 'the file content is missing');
-  return reply.send(body);
+  if (range) reply.code(206).header('content-range', `bytes ${range.start}-${range.end}/${object.size}`);
+  reply.header('content-length', String(range ? range.end - range.start + 1 : object.size));
+  return body === null ? reply.send() : reply.send(body);
 }
 
 /** RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since; only GET and HEAD get 304. */

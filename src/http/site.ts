@@ -1,8 +1,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { DatabankError } from '../domain/errors.ts';
-import { cacheControlOf, type Encoding, type Site, type SiteEntry } from '../services/site.ts';
+import { cacheControlOf, entryOf, type Encoding, type Site, type SiteEntry } from '../services/site.ts';
 import { errorBody } from './error-handler.ts';
-import { sendObject } from './send-object.ts';
+import { GONE, sendObject } from './send-object.ts';
 
 /** The site's own pages may load only the site's own styles, scripts and images. */
 const HTML_CSP =
@@ -28,18 +28,26 @@ export function registerSite(app: FastifyInstance, site: Site): void {
       return routeNotFound(request, reply);
     }
     const path = sitePath(rawPath);
-    const manifest = await site.manifest();
-    if (!manifest) return routeNotFound(request, reply);
-    const wanted = path === '' || path.endsWith('/') ? `${path}index.html` : path;
-    const entry = manifest.files[wanted];
-    if (entry) return serveEntry(request, reply, site, wanted, entry, 200);
-    if (manifest.files[`${path}/index.html`]) {
-      const query = request.url.slice(rawPath.length);
-      return reply.code(301).header('cache-control', 'public, max-age=300').redirect(`${rawPath}/${query}`, 301);
+    // A deploy may remove an object after the manifest in hand was read: then read it again, once.
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const manifest = await site.manifest();
+      if (!manifest) return routeNotFound(request, reply);
+      const wanted = path === '' || path.endsWith('/') ? `${path}index.html` : path;
+      const entry = entryOf(manifest, wanted);
+      if (!entry && entryOf(manifest, `${path}/index.html`)) {
+        const query = request.url.slice(rawPath.length);
+        return reply.code(301).header('cache-control', 'public, max-age=300').redirect(`${rawPath}/${query}`, 301);
+      }
+      const page = entry ? null : entryOf(manifest, NOT_FOUND_PAGE);
+      const sent = entry
+        ? await serveEntry(request, reply, site, wanted, entry, 200)
+        : page
+          ? await serveEntry(request, reply, site, NOT_FOUND_PAGE, page, 404)
+          : routeNotFound(request, reply);
+      if (sent !== GONE) return sent;
+      site.invalidate();
     }
-    const page = manifest.files[NOT_FOUND_PAGE];
-    if (page) return serveEntry(request, reply, site, NOT_FOUND_PAGE, page, 404);
-    return routeNotFound(request, reply);
+    throw new DatabankError('DATABANK_ERR_FILE_STORE_UNAVAILABLE', 'the site is being deployed; retry');
   });
 }
 
@@ -63,7 +71,7 @@ export function sitePath(rawPath: string): string {
       throw new DatabankError('DATABANK_ERR_BAD_PATH', 'the path is not valid percent-encoding');
     }
     const last = i === segments.length - 1;
-// eslint-disable-next-line no-control-regex -- refusing control characters is the point
+    // eslint-disable-next-line no-control-regex -- refusing control characters is the point
     if ((s === '' && !last) || s === '.' || s === '..' || /[/\\\u0000-\u001f\u007f]/.test(s)) {
       throw new DatabankError('DATABANK_ERR_BAD_PATH');
     }
@@ -95,7 +103,7 @@ async function serveEntry(
   path: string,
   entry: SiteEntry,
   status: 200 | 404,
-) {
+): Promise<FastifyReply | typeof GONE> {
   const encoding = negotiate(request.headers['accept-encoding'], entry);
   const variant = encoding ? (entry.variants[encoding] ?? entry) : entry;
   const headers: Record<string, string> = {
@@ -105,10 +113,10 @@ async function serveEntry(
   if (encoding) headers['content-encoding'] = encoding;
   if (entry.type.startsWith('text/html')) headers['content-security-policy'] = HTML_CSP;
   if (status === 404) {
-    const body = await site.open(path, encoding, variant);
-    if (body === null) return routeNotFound(request, reply);
+    const body = request.method === 'HEAD' ? null : await site.open(variant);
+    if (request.method !== 'HEAD' && body === null) return GONE;
     reply.code(404).headers(headers).type(entry.type).header('content-length', String(variant.size));
-    return request.method === 'HEAD' ? reply.send() : reply.send(body);
+    return body === null ? reply.send() : reply.send(body);
   }
   return sendObject(request, reply, {
     etag: variant.md5,
@@ -116,6 +124,6 @@ async function serveEntry(
     size: variant.size,
     contentType: entry.type,
     headers,
-    open: (range) => site.open(path, encoding, variant, range),
+    open: (range) => site.open(variant, range),
   });
 }

@@ -68,17 +68,31 @@ export class FilesService {
     await this.assertCanUpload(principal, customerId, null);
     checkFilename(input.filename);
     const source = input.body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    // The first error of the body's own checks; a store may wrap what the stream throws.
+    let refused: DatabankError | null = null;
+    const refuse = (err: DatabankError) => {
+      refused ??= err;
+      return err;
+    };
+    /** The next chunk; a failing body (the client gone, a broken form) is the client's error, not the store's. */
+    const next = async () => {
+      try {
+        return await source.next();
+      } catch (err) {
+        throw refuse(this.bodyError(err));
+      }
+    };
     const first: Buffer[] = [];
     let firstBytes = 0;
     let ended = false;
     while (firstBytes < SNIFF_BYTES) {
-      const next = await source.next();
-      if (next.done) {
+      const chunk = await next();
+      if (chunk.done) {
         ended = true;
         break;
       }
-      first.push(next.value);
-      firstBytes += next.value.length;
+      first.push(chunk.value);
+      firstBytes += chunk.value.length;
     }
     const head = Buffer.concat(first);
     if (head.length > this.maxBytes) throw this.tooLarge();
@@ -90,12 +104,6 @@ export class FilesService {
     text?.push(head);
     const maxBytes = this.maxBytes;
     let size = head.length;
-    // The first error of the body's own checks; a store may wrap what the stream throws.
-    let refused: DatabankError | null = null;
-    const refuse = (err: DatabankError) => {
-      refused = err;
-      return err;
-    };
     const tooLarge = () => this.tooLarge();
     async function* rest(): AsyncGenerator<Buffer> {
       yield head;
@@ -103,8 +111,8 @@ export class FilesService {
         if (text && !text.end()) throw refuse(new DatabankError('DATABANK_ERR_UNSUPPORTED_FILE_TYPE', 'the text is not valid UTF-8'));
         return;
       }
-      for (let next = await source.next(); !next.done; next = await source.next()) {
-        const chunk = next.value;
+      for (let got = await next(); !got.done; got = await next()) {
+        const chunk = got.value;
         size += chunk.length;
         if (size > maxBytes) throw refuse(tooLarge());
         if (text && !text.push(chunk)) {
@@ -232,6 +240,13 @@ export class FilesService {
     if (!row) throw new DatabankError('DATABANK_ERR_NOT_FOUND');
     assertOwns(principal, row.customer_id);
     return row;
+  }
+
+  /** What a failing upload body means for the client. */
+  private bodyError(err: unknown): DatabankError {
+    if (err instanceof DatabankError) return err;
+    if ((err as { statusCode?: unknown }).statusCode === 413) return this.tooLarge();
+    return new DatabankError('DATABANK_ERR_BAD_UPLOAD', undefined, { cause: err });
   }
 
   private tooLarge(): DatabankError {

@@ -6,18 +6,21 @@ import { brotliCompress, constants as zlib, gzip } from 'node:zlib';
 import { LRUCache } from 'lru-cache';
 import { fileStoreCall } from '../domain/errors.ts';
 import type { ByteRange, FileStore } from '../stores/files/port.ts';
-import { checkKey } from '../stores/files/port.ts';
 
 /**
- * The public website, kept in the file store under `site/`: one object per file (ETag = MD5 of
- * its bytes), precompressed variants of text files under `site/.gz/` and `site/.br/`, and a
- * manifest written last, so that a deploy becomes visible all at once.
+ * The public website, kept in the file store under `site/`: every file, and the gzip and brotli
+ * copies of text files, as an object named by the MD5 of its bytes (`site/objects/<md5>`, which
+ * is also its ETag), and a manifest (`site/manifest.json`) that maps each path to its objects.
+ * Objects never change once written; a deploy writes the new ones, then the manifest, then removes
+ * the objects no path uses any more. So a reader always gets bytes that match the manifest it
+ * read, and a deploy becomes visible all at once.
  */
 export const SITE_PREFIX = 'site/';
-const MANIFEST_KEY = 'site/.manifest.json';
+const MANIFEST_KEY = 'site/manifest.json';
+const OBJECTS = 'site/objects/';
+const objectKey = (md5: string) => `${OBJECTS}${md5}`;
 
 export type Encoding = 'br' | 'gzip';
-const VARIANT_PREFIX: Record<Encoding, string> = { br: 'site/.br/', gzip: 'site/.gz/' };
 
 export interface Variant {
   readonly md5: string;
@@ -41,12 +44,20 @@ export interface Manifest {
 
 export interface DeployReport {
   readonly files: number;
-  /** Objects written (files and variants), by key. */
+  /** What was written: paths, and `path (br)` / `path (gzip)` for compressed copies. */
   readonly uploaded: readonly string[];
+  /** Files and copies whose bytes the store already held. */
   readonly unchanged: number;
-  /** Objects removed because their file is no longer in the folder. */
+  /** Paths of the previous deploy that are not in the folder any more. */
   readonly deleted: readonly string[];
+  /** Objects removed because no path uses them now. */
+  readonly objectsRemoved: number;
   readonly bytesUploaded: number;
+}
+
+/** The manifest's entry for a path, if the path is a file of the site (never a property of Object). */
+export function entryOf(manifest: Manifest, path: string): SiteEntry | undefined {
+  return Object.hasOwn(manifest.files, path) ? manifest.files[path] : undefined;
 }
 
 const TYPES: Readonly<Record<string, string>> = {
@@ -104,10 +115,14 @@ async function walk(dir: string): Promise<string[]> {
   return out.sort();
 }
 
+/** Characters no request path can name once decoded (see http/site.ts). */
+// eslint-disable-next-line no-control-regex -- refusing control characters is the point
+const UNSERVABLE = /[\\\u0000-\u001f\u007f]/;
+
 /**
- * Uploads the folder into the store: only files whose MD5 differs from the stored object's, then
- * the manifest, then removes objects of files no longer in the folder. Running it twice uploads
- * nothing the second time.
+ * Uploads the folder into the store: the files whose bytes the store does not hold yet (compared
+ * by MD5), then the manifest, then removes the objects no path uses any more. Running it twice
+ * uploads nothing the second time.
  */
 export async function deploySite(
   store: FileStore,
@@ -115,69 +130,59 @@ export async function deploySite(
   options: { dryRun?: boolean; onProgress?: (done: number, total: number, path: string) => void } = {},
 ): Promise<DeployReport> {
   const paths = await walk(dir);
-  const bad = paths.filter((p) => {
-    try {
-      checkKey(SITE_PREFIX + p);
-      return false;
-    } catch {
-      return true;
-    }
-  });
-  if (bad.length > 0) {
-    throw new Error(`these file names cannot be site paths (use A-Z a-z 0-9 ! _ . * ' ( ) -): ${bad.join(', ')}`);
-  }
+  const bad = paths.filter((p) => UNSERVABLE.test(p));
+  if (bad.length > 0) throw new Error(`these file names hold characters no URL can name: ${bad.map((p) => JSON.stringify(p)).join(', ')}`);
   const previous = await readManifest(store);
   const now = new Date().toISOString();
   const files: Record<string, SiteEntry> = {};
-  const keep = new Set<string>([MANIFEST_KEY]);
+  const used = new Set<string>([MANIFEST_KEY]);
   const uploaded: string[] = [];
   let unchanged = 0;
   let bytesUploaded = 0;
 
-  /** Writes one object unless the store already holds these bytes under the key. */
-  const upload = async (key: string, bytes: Buffer, hash: string, type: string, encoding: string | null) => {
-    keep.add(key);
-    const current = await store.head(key);
-    if (current?.metadata.md5 === hash && current.size === bytes.length) {
+  /** Writes the bytes as their object unless the store holds it already. */
+  const upload = async (label: string, bytes: Buffer, hash: string, type: string) => {
+    const key = objectKey(hash);
+    if (used.has(key) || (await store.head(key))?.size === bytes.length) {
+      used.add(key);
       unchanged++;
       return;
     }
-    uploaded.push(key);
+    used.add(key);
+    uploaded.push(label);
     bytesUploaded += bytes.length;
-    if (options.dryRun) return;
-    await store.put(key, bytes, { contentType: type, metadata: { md5: hash, ...(encoding ? { encoding } : {}) } });
+    if (!options.dryRun) await store.put(key, bytes, { contentType: type, metadata: { md5: hash } });
   };
 
   for (const [i, path] of paths.entries()) {
     const bytes = await readFile(join(dir, ...path.split('/')));
     const type = contentTypeOf(path);
     const hash = md5(bytes);
-    const before = previous?.files[path];
+    const before = previous ? entryOf(previous, path) : undefined;
+    const same = before?.md5 === hash;
     const entry = {
       md5: hash,
-      modified_at: before?.md5 === hash ? before.modified_at : now,
+      modified_at: same && before ? before.modified_at : now,
       size: bytes.length,
       type,
       variants: {} as Partial<Record<Encoding, Variant>>,
     };
-    await upload(SITE_PREFIX + path, bytes, entry.md5, type, null);
+    await upload(path, bytes, hash, type);
     if (COMPRESSIBLE.test(type) && bytes.length >= MIN_COMPRESS_BYTES) {
       for (const encoding of ['br', 'gzip'] as const) {
-        const known = before?.md5 === hash ? before.variants[encoding] : undefined;
-        const key = VARIANT_PREFIX[encoding] + path;
-        if (known) {
-          const current = await store.head(key);
-          if (current?.metadata.md5 === known.md5) {
-            keep.add(key);
-            unchanged++;
-            entry.variants[encoding] = known;
-            continue;
-          }
+        // Compressing is the slow part: reuse the copy the last deploy made of the same bytes.
+        const known = same ? before?.variants[encoding] : undefined;
+        const knownKey = known ? objectKey(known.md5) : null;
+        if (known && knownKey && (used.has(knownKey) || (await store.head(knownKey))?.size === known.size)) {
+          used.add(knownKey);
+          unchanged++;
+          entry.variants[encoding] = known;
+          continue;
         }
         const packed = await compress(encoding, bytes);
         if (packed.length >= bytes.length * 0.95) continue;
         const variant = { md5: md5(packed), size: packed.length };
-        await upload(key, packed, variant.md5, type, encoding);
+        await upload(`${path} (${encoding})`, packed, variant.md5, type);
         entry.variants[encoding] = variant;
       }
     }
@@ -186,16 +191,17 @@ export async function deploySite(
   }
 
   const manifest: Manifest = { version: 1, deployed_at: now, files };
-  const deleted: string[] = [];
   if (!options.dryRun) {
     await store.put(MANIFEST_KEY, Buffer.from(JSON.stringify(manifest)), { contentType: 'application/json' });
   }
+  const deleted = previous ? Object.keys(previous.files).filter((p) => !Object.hasOwn(files, p)) : [];
+  let objectsRemoved = 0;
   for await (const object of store.list(SITE_PREFIX)) {
-    if (keep.has(object.key)) continue;
-    deleted.push(object.key);
+    if (used.has(object.key)) continue;
+    objectsRemoved++;
     if (!options.dryRun) await store.delete(object.key);
   }
-  return { files: paths.length, uploaded, unchanged, deleted, bytesUploaded };
+  return { files: paths.length, uploaded, unchanged, deleted, objectsRemoved, bytesUploaded };
 }
 
 export async function readManifest(store: FileStore): Promise<Manifest | null> {
@@ -271,14 +277,16 @@ export class Site {
     this.manifestCache = null;
   }
 
-  /** The bytes of a file or of one of its variants. */
-  async open(path: string, encoding: Encoding | null, variant: Variant, range?: ByteRange) {
-    const key = (encoding ? VARIANT_PREFIX[encoding] : SITE_PREFIX) + path;
+  /**
+   * The bytes of a file or of one of its compressed copies; null when the object is gone (a
+   * deploy removed it after this manifest was read: read the manifest again).
+   */
+  async open(variant: Variant, range?: ByteRange) {
+    const key = objectKey(variant.md5);
     if (variant.size > this.options.maxCachedFileBytes) {
       return (await fileStoreCall(() => this.store.get(key, range)))?.body ?? null;
     }
-    const id = `${encoding ?? 'identity'}:${variant.md5}`;
-    let bytes = this.bodies.get(id);
+    let bytes = this.bodies.get(variant.md5);
     if (!bytes) {
       const read = await fileStoreCall(async () => {
         const got = await this.store.get(key);
@@ -289,8 +297,7 @@ export class Site {
       });
       if (!read) return null;
       bytes = read;
-      // Only bytes that match the manifest are kept: a deploy may have replaced them meanwhile.
-      if (md5(bytes) === variant.md5) this.bodies.set(id, bytes);
+      this.bodies.set(variant.md5, bytes);
     }
     return range ? bytes.subarray(range.start, range.end + 1) : bytes;
   }

@@ -975,34 +975,46 @@ describe('databank files sweep and site deploy (CLI, PGlite)', () => {
     const deploy = async () => {
       const r = await runCli(['site', 'deploy', src, '--json'], env());
       expect(r.code, r.stderr).toBe(0);
-      return JSON.parse(r.stdout) as { files: number; uploaded: string[]; unchanged: number; deleted: string[]; bytesUploaded: number };
+      return JSON.parse(r.stdout) as {
+        files: number;
+        uploaded: string[];
+        unchanged: number;
+        deleted: string[];
+        objectsRemoved: number;
+        bytesUploaded: number;
+      };
     };
-    const variants = (path: string) => [`site/.br/${path}`, `site/.gz/${path}`, `site/${path}`];
+    const variants = (path: string) => [path, `${path} (br)`, `${path} (gzip)`];
+    /** The site's objects in the store: the manifest, and one object per distinct MD5. */
+    const siteObjects = () =>
+      readdirSync(join(dir, 'files', 'objects'))
+        .map(decodeURIComponent)
+        .filter((k) => k.startsWith('site/'))
+        .sort();
 
     const first = await deploy();
     expect(first.files).toBe(4);
-    expect([...first.uploaded].sort()).toEqual(
-      [...variants('docs/index.html'), ...variants('index.html'), 'site/logo.png', 'site/tiny.txt'].sort(),
-    );
-    expect(first.unchanged).toBe(0);
-    expect(first.deleted).toEqual([]);
+    expect([...first.uploaded].sort()).toEqual([...variants('docs/index.html'), ...variants('index.html'), 'logo.png', 'tiny.txt'].sort());
+    expect([first.unchanged, first.deleted, first.objectsRemoved]).toEqual([0, [], 0]);
     expect(first.bytesUploaded).toBeGreaterThan(COVER.length);
+    expect(siteObjects()).toHaveLength(9);
 
     const second = await deploy();
-    expect(second).toEqual({ files: 4, uploaded: [], unchanged: 8, deleted: [], bytesUploaded: 0 });
+    expect(second).toEqual({ files: 4, uploaded: [], unchanged: 8, deleted: [], objectsRemoved: 0, bytesUploaded: 0 });
 
     writeFileSync(join(src, 'docs', 'index.html'), page('changed docs'));
     const third = await deploy();
     expect([...third.uploaded].sort()).toEqual(variants('docs/index.html').sort());
-    expect(third.unchanged).toBe(5);
-    expect(third.deleted).toEqual([]);
+    expect([third.unchanged, third.deleted, third.objectsRemoved]).toEqual([5, [], 3]);
 
     rmSync(join(src, 'docs'), { recursive: true });
     const fourth = await deploy();
-    expect(fourth.files).toBe(3);
-    expect(fourth.uploaded).toEqual([]);
-    expect([...fourth.deleted].sort()).toEqual(variants('docs/index.html').sort());
-    const objects = readdirSync(join(dir, 'files', 'objects')).map(decodeURIComponent).filter((k) => k.startsWith('site/')).sort();
-    expect(objects).toEqual([...variants('index.html'), 'site/.manifest.json', 'site/logo.png', 'site/tiny.txt'].sort());
+    expect([fourth.files, fourth.uploaded, fourth.deleted, fourth.objectsRemoved]).toEqual([3, [], ['docs/index.html'], 3]);
+    const md5 = (b: Buffer | string) => createHash('md5').update(b).digest('hex');
+    const home = readFileSync(join(src, 'index.html'));
+    const objects = siteObjects();
+    expect(objects).toHaveLength(6);
+    expect(objects).toContain('site/manifest.json');
+    for (const bytes of [home, COVER, Buffer.from('small\n')]) expect(objects).toContain(`site/objects/${md5(bytes)}`);
   });
 });

@@ -101,12 +101,15 @@ const TRAVERSALS: ReadonlyArray<{ path: string; inject: 200 | 400 | 404; raw: 40
   { path: '/docs/../../package.json', inject: 404, raw: 400 },
   { path: '/./index.html', inject: 200, raw: 400 },
   { path: '/..', inject: 200, raw: 400 },
-  { path: '/.manifest.json', inject: 404, raw: 404 },
-  { path: '/.br/index.html', inject: 404, raw: 404 },
-  { path: '/.gz/index.html', inject: 404, raw: 404 },
-  { path: '/%2ebr/index.html', inject: 404, raw: 404 },
+  { path: '/manifest.json', inject: 404, raw: 404 },
+  { path: '/objects/', inject: 404, raw: 404 },
+  { path: `/objects/${createHash('md5').update(readFileSync(join(SITE, 'index.html'))).digest('hex')}`, inject: 404, raw: 404 },
   { path: '/site/index.html', inject: 404, raw: 404 },
-  { path: '/site/.manifest.json', inject: 404, raw: 404 },
+  { path: '/site/manifest.json', inject: 404, raw: 404 },
+  { path: '/constructor', inject: 404, raw: 404 },
+  { path: '/__proto__', inject: 404, raw: 404 },
+  { path: '/toString', inject: 404, raw: 404 },
+  { path: '/hasOwnProperty/', inject: 404, raw: 404 },
 ];
 
 /** Bytes that must never appear in an answer to a traversal: files outside the site, or the site's internals. */
@@ -395,7 +398,7 @@ for (const engine of ENGINES) {
         const changed = Buffer.from(`${INDEX.toString()}\n<!-- redeployed -->\n`);
         writeFileSync(join(ownDir, 'index.html'), changed);
         const report = await deploy(ownDir);
-        expect([...report.uploaded].sort()).toEqual(['site/.br/index.html', 'site/.gz/index.html', 'site/index.html']);
+        expect([...report.uploaded].sort()).toEqual(['index.html', 'index.html (br)', 'index.html (gzip)']);
         const after = await get('/');
         expect(after.statusCode).toBe(200);
         expect(after.rawPayload.equals(changed)).toBe(true);
@@ -409,7 +412,7 @@ for (const engine of ENGINES) {
       it('without a 404.html a missing page answers the JSON 404', async () => {
         rmSync(join(ownDir, '404.html'));
         const report = await deploy(ownDir);
-        expect(report.deleted).toContain('site/404.html');
+        expect(report.deleted).toEqual(['404.html']);
         const res = await get('/no-such-page');
         expect([res.statusCode, res.json()]).toEqual([404, routeNotFound('GET', '/no-such-page')]);
         const traversal = await rawRequest(port, 'GET', '/%252e%252e%252fpackage.json');
