@@ -2,11 +2,11 @@ import { createHash } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request, type IncomingHttpHeaders } from 'node:http';
 import { cpus, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import type { Benchmark, Timing } from './lib/benchmark.ts';
 import { onCleanup } from './lib/cleanup.ts';
 import { type CpuGroups, cpuPerRequest, settle } from './lib/cpu.ts';
-import { databankRevision, startDatabank, type Databank } from './lib/databank.ts';
+import { DATABANK_DIR, databankRevision, startDatabank, type Databank } from './lib/databank.ts';
 import { runLoad, type LoadResult } from './lib/load.ts';
 import { BenchError, progress } from './lib/log.ts';
 import { CDN_CONFIG_FILE, NGINX, nginxVersion, readCdnConfig, rewriteCdnConfig, startNginx, type Nginx, type Rewrite } from './lib/nginx.ts';
@@ -353,7 +353,8 @@ async function run(timing: Timing): Promise<BenchResult> {
 
     progress('starting nginx serving the folder from disk');
     disk = await startNginx('nginx disk', diskConfig(site.dir), `/${site.files[0]?.name}`);
-    diskConfigText = disk.config;
+    // Recorded without this machine's temporary paths.
+    diskConfigText = disk.config.replaceAll(disk.dir, '<nginx temp dir>').replaceAll(site.dir, '<site folder>');
     const diskPids = disk.pids;
     for (const file of site.files) await probe('nginx disk', disk.port, file, probes);
     series.push(...(await eachSeries(timing, 'nginx disk', disk.port, site.files, { 'load generator': generator, nginx: diskPids }, probes)));
@@ -386,7 +387,7 @@ async function run(timing: Timing): Promise<BenchResult> {
       nginx: `${NGINX} ${version}, master + workers as a child process (-g "daemon off;")`,
       nginx_workers: `worker_processes auto in both nginx configs: ${cpuCount} workers on this ${cpuCount}-core machine; databank is one Node process`,
       nginx_disk_config: diskConfigText.split('\n').filter((l) => l !== ''),
-      cdn_config: `${CDN_CONFIG_FILE}, only its site-specific lines rewritten`,
+      cdn_config: `${relative(DATABANK_DIR, CDN_CONFIG_FILE)}, only its site-specific lines rewritten`,
       cdn_rewrites: rewrites,
       load_generator: 'node:http Agent, keep-alive, one socket per client, in the benchmark process; bodies drained, not decoded',
     },

@@ -75,6 +75,8 @@ export interface NginxPaths {
 export interface Nginx {
   readonly child: Child;
   readonly port: number;
+  /** Its temporary folder (pid, temp paths, cache). */
+  readonly dir: string;
   /** The configuration it runs, as written to `<dir>/nginx.conf`. */
   readonly config: string;
   /** The master and its workers (and cache manager/loader), for CPU accounting. */
@@ -112,7 +114,7 @@ export async function startNginx(label: string, makeConfig: (paths: NginxPaths) 
     await stop();
     throw err;
   }
-  return { child, port, config, pids: () => [child.pid, ...childrenOf(child.pid)], stop };
+  return { child, port, dir, config, pids: () => [child.pid, ...childrenOf(child.pid)], stop };
 }
 
 /** One rewritten site-specific directive: where, what it said, what it says now. */
