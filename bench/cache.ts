@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import type { Benchmark, Timing } from './lib/benchmark.ts';
 import { freePort, startChild, waitForHttp } from './lib/child.ts';
 import { onCleanup } from './lib/cleanup.ts';
-import { between, type CpuGroups, cpuPerRequest, type CpuSnapshot, pidsNamed, postgresPids, settle, snapshot } from './lib/cpu.ts';
+import { between, type CpuGroups, cpuLimits, cpuPerRequest, type CpuSnapshot, pidsNamed, postgresPids, settle, snapshot } from './lib/cpu.ts';
 import { childEnv, databankRevision, DATABANK_DIR, inParallel, startDatabank } from './lib/databank.ts';
 import { runLoad, type LoadResult } from './lib/load.ts';
 import { BenchError, progress, sleep } from './lib/log.ts';
@@ -283,19 +283,9 @@ function servingCpu(s: Series): Record<string, number> {
 
 /** What bounds a series, from its CPU split: a saturated machine, or one saturated thread. */
 function limitNote(s: Series, cpuCount: number): string {
-  const cpu = s.cpu_cores;
-  const machine = cpu['whole machine'];
-  if (machine === undefined) return `${s.name}: no CPU figures`;
-  const groups = Object.entries(cpu)
-    .filter(([g, c]) => g !== 'whole machine' && g !== 'rest of machine' && c >= 0.05)
-    .sort((a, b) => b[1] - a[1]);
-  const parts = groups.map(([g, c]) => `${g} ${c.toFixed(2)}`).join(', ');
-  const verdicts: string[] = [];
-  if (machine >= 0.9 * cpuCount) verdicts.push(`the machine is saturated (${machine.toFixed(2)} of ${cpuCount} cores)`);
-  // One event loop (Node) or one command thread (Redis, redis-benchmark) cannot use more than a core.
-  for (const [g, c] of groups) {
-    if (c >= 0.9 && g !== 'postgres') verdicts.push(`${g} is at ~1 core, the most its one main thread can use`);
-  }
+  const limits = cpuLimits(s.cpu_cores, cpuCount, ['postgres']);
+  if (!limits) return `${s.name}: no CPU figures`;
+  const { machine, parts, verdicts } = limits;
   if (verdicts.length === 0 && machine >= 0.75 * cpuCount) {
     verdicts.push(
       `the machine is nearly saturated (${machine.toFixed(2)} of ${cpuCount} cores): the processes that pass each ` +

@@ -5,7 +5,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import type { Benchmark, Timing } from './lib/benchmark.ts';
 import { onCleanup } from './lib/cleanup.ts';
-import { type CpuGroups, cpuPerRequest, settle } from './lib/cpu.ts';
+import { type CpuGroups, cpuLimits, cpuPerRequest, settle } from './lib/cpu.ts';
 import { DATABANK_DIR, databankRevision, startDatabank, type Databank } from './lib/databank.ts';
 import { runLoad, type LoadResult } from './lib/load.ts';
 import { BenchError, progress } from './lib/log.ts';
@@ -265,18 +265,12 @@ function servingCpu(s: Series): Record<string, number> {
 
 /** What bounds a series, from its CPU split. */
 function limitNote(s: Series, cpuCount: number): string {
-  const cpu = s.cpu_cores;
-  const machine = cpu['whole machine'];
-  if (machine === undefined) return `${s.name} c=${s.clients}: no CPU figures`;
-  const groups = Object.entries(cpu)
-    .filter(([g, c]) => g !== 'whole machine' && g !== 'rest of machine' && c >= 0.05)
-    .sort((a, b) => b[1] - a[1]);
-  const verdicts: string[] = [];
-  if (machine >= 0.9 * cpuCount) verdicts.push(`the machine is saturated (${machine.toFixed(2)} of ${cpuCount} cores)`);
-  // One event loop (the load generator, databank) cannot use more than a core; nginx has a worker per core.
-  for (const [g, c] of groups) if (c >= 0.9 && g !== 'nginx') verdicts.push(`${g} is at ~1 core, the most its event loop can use`);
+  // nginx has a worker per core; the load generator and databank have one event loop each.
+  const limits = cpuLimits(s.cpu_cores, cpuCount, ['nginx']);
+  if (!limits) return `${s.name} c=${s.clients}: no CPU figures`;
+  const { machine, parts, verdicts } = limits;
   const verdict = verdicts.length > 0 ? verdicts.join('; ') : `nothing saturated (${machine.toFixed(2)} of ${cpuCount} cores)`;
-  return `${s.name} c=${s.clients}: ${groups.map(([g, c]) => `${g} ${c.toFixed(2)}`).join(', ')}; ${verdict}`;
+  return `${s.name} c=${s.clients}: ${parts}; ${verdict}`;
 }
 
 function ratios(series: readonly Series[], files: readonly SiteFile[]): Ratio[] {

@@ -161,3 +161,26 @@ export function cpuPerRequest(
   out.total = series.rate > 0 ? us(total) : Number.NaN;
   return out;
 }
+
+/**
+ * A series' CPU split for its notes: the groups that used CPU, busiest first, and what was
+ * saturated — the whole machine, or a group at one core that cannot use more (one event loop or
+ * command thread; `multiThreaded` names the groups that can). Null without CPU figures.
+ */
+export function cpuLimits(
+  cpu: Readonly<Record<string, number>>,
+  cpuCount: number,
+  multiThreaded: readonly string[],
+): { machine: number; parts: string; verdicts: string[] } | null {
+  const machine = cpu['whole machine'];
+  if (machine === undefined) return null;
+  const groups = Object.entries(cpu)
+    .filter(([g, c]) => g !== 'whole machine' && g !== 'rest of machine' && c >= 0.05)
+    .sort((a, b) => b[1] - a[1]);
+  const verdicts: string[] = [];
+  if (machine >= 0.9 * cpuCount) verdicts.push(`the machine is saturated (${machine.toFixed(2)} of ${cpuCount} cores)`);
+  for (const [g, c] of groups) {
+    if (c >= 0.9 && !multiThreaded.includes(g)) verdicts.push(`${g} is at ~1 core, the most its one main thread can use`);
+  }
+  return { machine, parts: groups.map(([g, c]) => `${g} ${c.toFixed(2)}`).join(', '), verdicts };
+}

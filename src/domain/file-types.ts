@@ -16,16 +16,16 @@ const ascii = (s: string) => [...s].map((c) => c.charCodeAt(0));
 /**
  * The type of a file from its first bytes (at least SNIFF_BYTES of them unless `complete`), or
  * null when it is not on the allow-list. Plain text is UTF-8 without control characters other
- * than tab, line feed, form feed and carriage return; `TextChecker` checks the rest of the file.
+ * than tab, line feed, form feed and carriage return; `text`, which has then seen these bytes,
+ * checks the rest of the file.
  */
-export function sniff(first: Buffer, complete: boolean): AllowedType | null {
+export function sniff(first: Buffer, complete: boolean, text: TextChecker = new TextChecker()): AllowedType | null {
   if (startsWith(first, [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return 'image/png';
   if (startsWith(first, [0xff, 0xd8, 0xff])) return 'image/jpeg';
   if (startsWith(first, ascii('GIF87a')) || startsWith(first, ascii('GIF89a'))) return 'image/gif';
   if (startsWith(first, ascii('RIFF')) && startsWith(first, ascii('WEBP'), 8)) return 'image/webp';
   if (startsWith(first, ascii('%PDF-'))) return 'application/pdf';
-  const checker = new TextChecker();
-  return checker.push(first) && (!complete || checker.end()) ? 'text/plain' : null;
+  return text.push(first) && (!complete || text.end()) ? 'text/plain' : null;
 }
 
 // eslint-disable-next-line no-control-regex -- refusing control characters is the point

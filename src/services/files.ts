@@ -58,14 +58,20 @@ export class FilesService {
     return this.maxBytes;
   }
 
-  /** Checks, before any byte is read, that the caller may upload to this customer. */
-  async assertCanUpload(principal: Principal, customerId: number, declaredBytes: number | null): Promise<void> {
+  /**
+   * Stores one file. The caller may upload to this customer and the declared size (the body's
+   * Content-Length, when there is one) is within the limit before `open` is asked for the body, so
+   * a refused upload reads none of it.
+   */
+  async upload(
+    principal: Principal,
+    customerId: number,
+    declaredBytes: number | null,
+    open: () => Promise<UploadInput>,
+  ): Promise<FileMeta> {
     await this.assertCustomer(principal, customerId);
     if (declaredBytes !== null && declaredBytes > this.maxBytes) throw this.tooLarge();
-  }
-
-  async upload(principal: Principal, customerId: number, input: UploadInput): Promise<FileMeta> {
-    await this.assertCanUpload(principal, customerId, null);
+    const input = await open();
     checkFilename(input.filename);
     const source = input.body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
     // The first error of the body's own checks; a store may wrap what the stream throws.
@@ -96,21 +102,19 @@ export class FilesService {
     }
     const head = Buffer.concat(first);
     if (head.length > this.maxBytes) throw this.tooLarge();
-    const type = sniff(head, ended);
+    const checker = new TextChecker();
+    const type = sniff(head, ended, checker);
     if (!type) throw new DatabankError('DATABANK_ERR_UNSUPPORTED_FILE_TYPE');
 
     const hash = createHash('sha256').update(head);
-    const text = type === 'text/plain' ? new TextChecker() : null;
-    text?.push(head);
+    // The checker has seen the first bytes (and, for a short file, its end) while sniffing.
+    const text = type === 'text/plain' ? checker : null;
     const maxBytes = this.maxBytes;
     let size = head.length;
     const tooLarge = () => this.tooLarge();
     async function* rest(): AsyncGenerator<Buffer> {
       yield head;
-      if (ended) {
-        if (text && !text.end()) throw refuse(new DatabankError('DATABANK_ERR_UNSUPPORTED_FILE_TYPE', 'the text is not valid UTF-8'));
-        return;
-      }
+      if (ended) return;
       for (let got = await next(); !got.done; got = await next()) {
         const chunk = got.value;
         size += chunk.length;

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FileStore, ObjectInfo } from '../../src/stores/files/port.ts';
-import { rng } from '../support/random.ts';
+import { chunkSource, pseudoRandomBytes } from '../support/random.ts';
 import { FILE_STORE_KINDS, openTestFileStore } from '../support/file-stores.ts';
 
 /**
@@ -50,13 +50,6 @@ const IMPLEMENTATIONS: readonly Implementation[] = FILE_STORE_KINDS.map((kind) =
   },
 }));
 
-/** Deterministic bytes, so a failing run can be repeated. */
-function pseudoRandomBytes(length: number, seed: number): Buffer {
-  const random = rng(seed);
-  const out = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) out[i] = Math.floor(random() * 256);
-  return out;
-}
 
 async function bytesOf(body: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -85,16 +78,8 @@ function failingBody(chunks: number, chunkSize: number, message = 'body failed')
   });
 }
 
-/** Chunk `i` of a long deterministic stream: a random block rotated by an amount set by `i`, stamped with `i`. */
-const BLOCK = pseudoRandomBytes(MiB, 7);
-function chunkAt(i: number): Buffer {
-  const r = (i * 65_537) % MiB;
-  const out = Buffer.allocUnsafe(MiB);
-  BLOCK.copy(out, 0, r);
-  BLOCK.copy(out, MiB - r, 0, r);
-  out.writeUInt32BE(i, 0);
-  return out;
-}
+/** Chunk `i` (1 MiB) of a long deterministic stream. */
+const chunkAt = chunkSource(7);
 
 /**
  * S3 dates have whole seconds, and a file's mtime comes from the kernel's coarse clock, which can

@@ -1,6 +1,5 @@
 import { execFile } from 'node:child_process';
 import { accessSync, chmodSync, chownSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -11,6 +10,7 @@ import type { Config } from '../../src/config.ts';
 import { openSqlStore } from '../../src/stores/sql/index.ts';
 import type { SqlStore } from '../../src/stores/sql/index.ts';
 import { DatabaseConnectError } from '../../src/stores/sql/postgres.ts';
+import { freePort } from '../support/cli.ts';
 
 /**
  * End to end TLS against a real PostgreSQL 15 server: a throwaway cluster with a certificate from a
@@ -75,22 +75,6 @@ async function pgTool(tool: string, args: readonly string[], cwd: string): Promi
 
 async function openssl(args: readonly string[], cwd: string): Promise<void> {
   await execFileAsync(OPENSSL, [...args], { cwd, timeout: 30_000 });
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      if (address === null || typeof address === 'string') {
-        server.close();
-        reject(new Error('no TCP port from listen(0)'));
-        return;
-      }
-      server.close(() => resolvePort(address.port));
-    });
-  });
 }
 
 /** A CA: key plus self-signed certificate. */

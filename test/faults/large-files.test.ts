@@ -3,7 +3,7 @@ import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FileStore } from '../../src/stores/files/port.ts';
-import { rng } from '../support/random.ts';
+import { chunkSource } from '../support/random.ts';
 import { FILE_STORE_KINDS, openTestFileStore, type TestFileStore } from '../support/file-stores.ts';
 
 /**
@@ -21,21 +21,8 @@ const RSS_LIMIT = 100 * MiB;
 const WARM_UP_CHUNKS = 64;
 const TIMEOUT = 240_000;
 
-/** Chunk `i` of the stream: a fixed random block rotated by an amount set by `i`, stamped with `i`. */
-const BLOCK = (() => {
-  const random = rng(11);
-  const block = Buffer.alloc(MiB);
-  for (let i = 0; i < MiB; i++) block[i] = Math.floor(random() * 256);
-  return block;
-})();
-function chunkAt(i: number): Buffer {
-  const r = (i * 65_537) % MiB;
-  const out = Buffer.allocUnsafe(MiB);
-  BLOCK.copy(out, 0, r);
-  BLOCK.copy(out, MiB - r, 0, r);
-  out.writeUInt32BE(i, 0);
-  return out;
-}
+/** Chunk `i` of the stream: 1 MiB, made on demand. */
+const chunkAt = chunkSource(11);
 
 /** Yields `chunks` chunks, one at a time, hashing each and sampling memory as it goes. */
 function* generated(chunks: number, hash: Hash | null, peak: PeakRss | null): Generator<Buffer> {

@@ -10,6 +10,7 @@ import type { Config } from '../../src/config.ts';
 import { startTestApp, type TestApp } from '../support/app.ts';
 import { checkLedger } from '../support/invariants.ts';
 import { rng } from '../support/random.ts';
+import { freePort } from '../support/cli.ts';
 
 /**
  * The cache must never be a reason for an error or a stale answer: with its Redis killed,
@@ -27,17 +28,6 @@ if (!HAVE_REDIS_SERVER) console.warn(`redis-outage skipped: ${REDIS_SERVER} is n
 const ADMIN = { role: 'admin', keyId: 0 } as const;
 const CLIENTS = 4;
 const OPENING = 10_000;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (!address || typeof address === 'string') throw new Error('no port');
-  return address.port;
-}
 
 /** True when something on `port` answers PING with PONG within a short time. */
 async function answersPing(port: number): Promise<boolean> {

@@ -27,12 +27,14 @@ export function cleanEnv(env: Record<string, string>): NodeJS.ProcessEnv {
   return { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', LOG_LEVEL: 'warn', ...env };
 }
 
+/** A port of 127.0.0.1 that nothing listens on now. */
 export async function freePort(): Promise<number> {
   const server = createServer();
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const address = server.address();
   server.close();
+  await once(server, 'close');
   if (!address || typeof address === 'string') throw new Error('no port');
   return address.port;
 }

@@ -1,12 +1,12 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { REQUIRE_SERVICES } from './engines.ts';
+import { freePort } from './cli.ts';
 
 /**
  * A real nginx in front of a test app, run from the shipped `deploy/cdn/nginx.conf` with only
@@ -122,17 +122,6 @@ export function renderConfig(source: string, options: RenderOptions): { text: st
   }
   if (rewritten === 0) throw new Error(`${SHIPPED_CONFIG} has no "# site-specific" lines to rewrite`);
   return { text: lines.join('\n'), folders: [...folders] };
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (!address || typeof address === 'string') throw new Error('no port');
-  return address.port;
 }
 
 function connects(port: number): Promise<boolean> {

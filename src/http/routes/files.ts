@@ -77,30 +77,22 @@ export async function fileRoutes(app: FastifyInstance, deps: HttpDeps): Promise<
       const isMultipart = request.isMultipart();
       const declared = request.headers['content-length'] === undefined ? null : Number(request.headers['content-length']);
       try {
-        await deps.files.assertCanUpload(
-          principal,
-          customerId,
-          declared === null ? null : declared - (isMultipart ? MULTIPART_OVERHEAD : 0),
-        );
-        let filename: string;
-        let body: Readable;
-        if (isMultipart) {
-          const part = await request.file().catch((err: unknown) => {
-            // A size limit of the form keeps its 413; anything else is a broken form.
-            if ((err as { statusCode?: unknown }).statusCode === 413) throw err;
-            throw new DatabankError('DATABANK_ERR_BAD_UPLOAD', undefined, { cause: err });
-          });
-          if (!part) throw new DatabankError('DATABANK_ERR_VALIDATION', 'the form has no file part');
-          filename = query.filename ?? part.filename ?? '';
-          body = part.file;
-        } else {
+        const declaredFile = declared === null ? null : declared - (isMultipart ? MULTIPART_OVERHEAD : 0);
+        const meta = await deps.files.upload(principal, customerId, declaredFile, async () => {
+          if (isMultipart) {
+            const part = await request.file().catch((err: unknown) => {
+              // A size limit of the form keeps its 413; anything else is a broken form.
+              if ((err as { statusCode?: unknown }).statusCode === 413) throw err;
+              throw new DatabankError('DATABANK_ERR_BAD_UPLOAD', undefined, { cause: err });
+            });
+            if (!part) throw new DatabankError('DATABANK_ERR_VALIDATION', 'the form has no file part');
+            return { filename: query.filename ?? part.filename ?? '', body: part.file };
+          }
           if (query.filename === undefined) {
             throw new DatabankError('DATABANK_ERR_VALIDATION', 'a raw upload needs ?filename= (or send multipart/form-data)');
           }
-          filename = query.filename;
-          body = (request.body as Readable | undefined) ?? request.raw;
-        }
-        const meta = await deps.files.upload(principal, customerId, { filename, body });
+          return { filename: query.filename, body: (request.body as Readable | undefined) ?? request.raw };
+        });
         return await reply.code(201).header('location', `/files/${meta.file_id}`).send(meta);
       } catch (err) {
         // The rest of the body was not read: do not keep the connection for another request.
