@@ -63,6 +63,8 @@ export interface Config {
   readonly files: FilesSettings;
   /** How many copies of the app run against the same stores. */
   readonly instances: number;
+  /** How long a stop may take before the process exits non-zero naming what was still open. */
+  readonly shutdownTimeoutMs: number;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -102,8 +104,9 @@ export function loadConfig(env: Env = process.env): Config {
   const instances = parseIntVar(env, 'DATABANK_INSTANCES', 1, 1, 10_000, problems);
   const cache = parseCache(env, instances, problems);
   const files = parseFiles(env, dataDir, problems);
+  const shutdownTimeoutMs = parseIntVar(env, 'DATABANK_SHUTDOWN_TIMEOUT_MS', 25_000, 100, 3_600_000, problems);
   if (problems.length > 0 || sql === null) throw new ConfigError(problems);
-  return deepFreeze({ dataDir, host, port, sql, migrateOnBoot, demoData, logLevel, cache, files, instances });
+  return deepFreeze({ dataDir, host, port, sql, migrateOnBoot, demoData, logLevel, cache, files, instances, shutdownTimeoutMs });
 }
 
 function parseSql(env: Env, dataDir: string, problems: string[]): SqlConfig | null {

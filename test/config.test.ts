@@ -22,6 +22,7 @@ describe('config', () => {
         siteDir: resolve('site'),
       },
       instances: 1,
+      shutdownTimeoutMs: 25_000,
     });
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.sql)).toBe(true);

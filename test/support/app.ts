@@ -45,6 +45,7 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
     cache: { store: { kind: 'memory', maxEntries: 10_000, maxBytes: 64 * 1024 * 1024 }, prefix: 'test', ttlSeconds: 300 },
     files: overrides.files ?? localFiles(),
     instances: 1,
+    shutdownTimeoutMs: 25_000,
     ...overrides,
   };
 }
