@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
+import { Closers, type CloseOptions } from './closers.ts';
 import type { Config } from './config.ts';
 import type { HttpDeps } from './http/deps.ts';
 import { createMetrics } from './http/metrics.ts';
@@ -15,11 +16,13 @@ import { DEFAULT_RETRY, type RetryOptions } from './services/transaction.ts';
 import { TransfersService } from './services/transfers.ts';
 import { CachedReads } from './services/cached-reads.ts';
 import { FilesService } from './services/files.ts';
-import { deploySite, readManifest, Site } from './services/site.ts';
+import { DEFAULT_SITE_OPTIONS, deploySite, readManifest, Site } from './services/site.ts';
 import { openFileStore, type FileStore } from './stores/files/index.ts';
 import { openCacheStore } from './stores/cache/index.ts';
 import { openSqlStore, type SqlStore } from './stores/sql/index.ts';
 import { createMigrator, migrationStatus, unwrap } from './stores/sql/migrator.ts';
+import { startWorkerHost, type WorkerHost } from './workers/index.ts';
+import type { Db } from './stores/sql/port.ts';
 
 export interface App {
   readonly config: Config;
@@ -27,10 +30,15 @@ export interface App {
   readonly files: FileStore;
   readonly http: FastifyInstance;
   readonly deps: HttpDeps;
+  /** The background work of this process (site refresh; the shared schedules unless `worker: false`). */
+  readonly workers: WorkerHost;
   /** What the first start made (demo data, admin key); null when bootstrap was skipped. */
   readonly bootstrapped: BootstrapResult | null;
-  /** Stops accepting requests, lets in-flight ones finish, then closes the stores, newest first. */
-  close(): Promise<void>;
+  /**
+   * Stops accepting requests, lets in-flight ones finish, then closes the stores, newest first.
+   * Every step runs even if one before it fails; `onStep` reports each step as it starts and ends.
+   */
+  close(options?: CloseOptions): Promise<void>;
 }
 
 export interface AppOptions {
@@ -40,6 +48,16 @@ export interface AppOptions {
   /** Process-wide default metrics (event loop, memory); off in tests that build several apps. */
   readonly defaultMetrics?: boolean;
   readonly retry?: RetryOptions;
+  /**
+   * Test hook: wraps the database handles before any service gets them, e.g. to record which
+   * handle each query used. Default: the handles as they are.
+   */
+  readonly wrapDb?: (db: Db) => Db;
+  /**
+   * Run the scheduled jobs shared by every copy (idempotency purge, and the next issues' relay,
+   * backups, ...) in this process. Default true; false for `databank serve --no-worker`.
+   */
+  readonly worker?: boolean;
 }
 
 /**
@@ -52,10 +70,9 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     logger.warn({ err, suppressed }, 'cache unavailable: serving from PostgreSQL'),
   );
   const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'));
-  const closers: Array<() => Promise<void>> = [() => sql.close()];
-  const close = async () => {
-    for (const closer of closers.reverse()) await closer();
-  };
+  const closers = new Closers();
+  closers.add('database', () => sql.close());
+  const close = (opts?: CloseOptions) => closers.close(opts);
   try {
     await sql.ping(10_000);
     if (config.migrateOnBoot) {
@@ -71,7 +88,7 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       }
     }
     const cacheStore = await openCacheStore(config.cache.store, (err) => cacheWarn(err));
-    if (cacheStore) closers.push(() => cacheStore.close());
+    if (cacheStore) closers.add('cache', () => cacheStore.close());
     const metrics = createMetrics(() => sql.poolStats(), {
       defaultMetrics: options.defaultMetrics ?? true,
       cacheEvictions: cacheStore ? async () => (await cacheStore.stats('')).evictions : undefined,
@@ -89,7 +106,7 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       },
     );
     const files = await openFileStore(config.files.store);
-    closers.push(() => files.close());
+    closers.add('file store', () => files.close());
     if (config.files.siteDir && (await readManifest(files)) === null) {
       const report = await deploySite(files, config.files.siteDir);
       logger.info({ files: report.files, uploaded: report.uploaded.length }, 'site deployed on first start');
@@ -98,34 +115,47 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       ...(options.retry ?? DEFAULT_RETRY),
       onRetry: (state) => metrics.transactionRetries.inc({ sqlstate: state }),
     };
-    const idempotency = new IdempotencyService(sql.db);
-    const apiKeys = new ApiKeysService(sql.db);
+    // Both handles are the primary until replicas are configured; services keep them apart already.
+    const handles: Db = { reader: sql.db, writer: sql.db };
+    const db = options.wrapDb ? options.wrapDb(handles) : handles;
+    const idempotency = new IdempotencyService(db);
+    const apiKeys = new ApiKeysService(db);
     const deps: HttpDeps = {
-      customers: new CustomersService(sql.db, cache),
-      accounts: new AccountsService(sql.db, cache),
-      movements: new MovementsService(sql.db, idempotency, cache, retry),
-      transfers: new TransfersService(sql.db, cache, retry),
-      fees: new FeesService(sql.db, idempotency, cache, retry),
+      customers: new CustomersService(db, cache),
+      accounts: new AccountsService(db, cache),
+      movements: new MovementsService(db, idempotency, cache, retry),
+      transfers: new TransfersService(db, cache, retry),
+      fees: new FeesService(db, idempotency, cache, retry),
       cache,
-      files: new FilesService(sql.db, files, config.files.maxUploadBytes, (key, err) =>
+      files: new FilesService(db, files, config.files.maxUploadBytes, (key, err) =>
         logger.warn({ err, key }, 'file object left behind; `databank files sweep` removes it'),
       ),
-      site: new Site(files, undefined, (err) => logger.warn({ err }, 'site manifest unreadable: serving the last one read')),
+      // The site-refresh worker reads the manifest every 2 s; a request reads it itself only when
+      // the worker has fallen 10 s behind.
+      site: new Site(files, { ...DEFAULT_SITE_OPTIONS, refreshMs: 10_000 }, (err) =>
+        logger.warn({ err }, 'site manifest unreadable: serving the last one read'),
+      ),
       idempotency,
       apiKeys,
       metrics,
       ready: () => sql.ping(2_000),
     };
     const bootstrapped =
-      options.bootstrap === false ? null : await bootstrap(sql.db, apiKeys, { demoData: config.demoData });
+      options.bootstrap === false ? null : await bootstrap(db, apiKeys, { demoData: config.demoData });
+    // Started before the HTTP server so that, closing newest first, the server drains while the
+    // workers (the site refresh among them) still run; then the workers stop; then the stores.
+    const workers = startWorkerHost({
+      logger,
+      sql,
+      idempotency,
+      site: deps.site ?? undefined,
+      registry: metrics.registry,
+      background: options.worker ?? true,
+    });
+    closers.add('workers', () => workers.stop());
     const http = await buildServer(deps, { logger });
-    closers.push(() => http.close());
-    const purge = setInterval(() => {
-      idempotency.purgeExpired().catch((err: unknown) => logger.warn({ err }, 'idempotency key purge failed'));
-    }, 60 * 60 * 1000);
-    purge.unref();
-    closers.push(async () => clearInterval(purge));
-    return { config, sql, files, http, deps, bootstrapped, close };
+    closers.add('http server', () => http.close());
+    return { config, sql, files, http, deps, workers, bootstrapped, close };
   } catch (err) {
     await close().catch(() => undefined);
     throw err;

@@ -24,7 +24,7 @@ export async function idempotent<T>(
   if (typeof key !== 'string' || !KEY_PATTERN.test(key)) throw new DatabankError('DATABANK_ERR_IDEMPOTENCY_KEY_INVALID');
   const principal = principalOf(request);
   const hash = requestHash(request.method, request.routeOptions.url ?? request.url, {
-    params: request.params,
+    params: asWritten(request.params),
     body: request.body,
   });
   const outcome = await idempotency.begin(`key:${principal.keyId}`, key, hash);
@@ -44,4 +44,14 @@ export async function idempotent<T>(
     }
     throw err;
   }
+}
+
+/**
+ * Path parameters as the client wrote them. Ids reach the handler as numbers; hashing them as
+ * their text (the only spelling an id may have) keeps the hashes of requests recorded before ids
+ * became numbers, so that a retry across that upgrade still replays instead of conflicting.
+ */
+function asWritten(params: unknown): unknown {
+  if (params === null || typeof params !== 'object') return params;
+  return Object.fromEntries(Object.entries(params).map(([name, value]) => [name, typeof value === 'number' ? String(value) : value]));
 }

@@ -1,14 +1,34 @@
 import { Type, type Static } from 'typebox';
 import { ACCOUNT_TYPES, CURRENCIES, MAX_AMOUNT } from '../domain/money.ts';
+import { ID_KEYWORD, ID_PATTERN } from './id-keyword.ts';
 
 /**
  * Route schemas. Bodies reject unknown properties, and nothing is coerced: `"100"` is not 100.
- * Path and query values arrive as text, so they are declared as patterned strings and converted
- * after validation.
+ * Path and query values arrive as text, so they are declared as patterned strings; path ids are
+ * then turned into numbers by the id keyword (`id-keyword.ts`), other values by the route.
  */
-export const Id = Type.String({ pattern: '^[1-9][0-9]{0,14}$', description: 'a positive integer id' });
+
+/**
+ * A path id: text matching the id pattern on the wire, a number in the handler. The static type
+ * is `number` because the id keyword has replaced the text by the time a handler runs.
+ */
+export const Id = Type.Unsafe<number>({
+  type: 'string',
+  pattern: ID_PATTERN,
+  [ID_KEYWORD]: true,
+  description: 'a positive integer id',
+});
+/**
+ * One of a list of strings, as `anyOf` of `const`s. Built from a list with `map`, TypeBox cannot
+ * tell the members' types; this keeps them, so that handlers see the union and not `never`.
+ */
+export function OneOf<const T extends readonly string[]>(values: T) {
+  return Type.Unsafe<T[number]>(Type.Union(values.map((v) => Type.Literal(v))));
+}
+
 /** An id in a body: the same range as a path id, so that it always fits a bigint column. */
 export const IdValue = Type.Integer({ minimum: 1, maximum: 999_999_999_999_999, description: 'a positive integer id' });
+/** The path parameters of every `/…/:id` route: the id, already a number in the handler. */
 export const IdParams = Type.Object({ id: Id }, { additionalProperties: false });
 export type IdParams = Static<typeof IdParams>;
 
@@ -40,14 +60,15 @@ export const Customer = Type.Object({
 
 export const Account = Type.Object({
   account_id: Type.Integer(),
-  account_type: Type.Union(ACCOUNT_TYPES.map((t) => Type.Literal(t))),
+  account_type: OneOf(ACCOUNT_TYPES),
   balance: Type.Integer(),
   customer_id: Type.Integer(),
-  currency: Type.Union(CURRENCIES.map((c) => Type.Literal(c))),
+  currency: OneOf(CURRENCIES),
 });
 
+/** A page of a list; the array is readonly in TypeScript only, as the services' pages are. */
 export const PageOf = <T extends ReturnType<typeof Type.Object>>(item: T) =>
-  Type.Object({ result: Type.Array(item), next_cursor: Type.Optional(Type.String()) });
+  Type.Object({ result: Type.Immutable(Type.Array(item)), next_cursor: Type.Optional(Type.String()) });
 
 export const PagingQuery = Type.Object({ limit: Type.Optional(Limit), cursor: Type.Optional(Cursor) }, {
   additionalProperties: false,

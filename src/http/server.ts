@@ -1,11 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { FastifyBaseLogger } from 'fastify';
+import type { FastifyBaseLogger, RouteOptions } from 'fastify';
 import { registerAuth } from './auth.ts';
 import type { HttpDeps } from './deps.ts';
 import { DatabankError } from '../domain/errors.ts';
 import { errorBody, registerErrorHandlers } from './error-handler.ts';
+import { idKeyword } from './id-keyword.ts';
 import { registerHttpMetrics } from './metrics.ts';
 import { accountRoutes } from './routes/accounts.ts';
 import { cacheRoutes } from './routes/cache.ts';
@@ -21,6 +23,11 @@ export interface ServerOptions {
   readonly logger: FastifyBaseLogger;
   /** Largest accepted request body in bytes. */
   readonly bodyLimit?: number;
+  /**
+   * Called with every route as it is registered, before any is: the authorization test lists the
+   * routes this way, so that a route added without an authorization case fails it.
+   */
+  readonly onRoute?: (route: RouteOptions) => void;
 }
 
 /**
@@ -43,8 +50,13 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
     frameworkErrors: (err: FastifyError, _request: FastifyRequest, reply: FastifyReply) => {
       reply.code(400).send(errorBody(new DatabankError('DATABANK_ERR_VALIDATION', err.message)));
     },
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
+    // No coercion: path ids become numbers through the id keyword, after their pattern has passed.
+    ajv: {
+      customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false },
+      plugins: [idKeyword],
+    },
   });
+  if (options.onRoute) app.addHook('onRoute', options.onRoute);
   // The API speaks JSON only; Fastify's default text parser would let a text body reach validation.
   app.removeContentTypeParser('text/plain');
   app.addHook('onSend', async (request, reply) => {
@@ -68,7 +80,7 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
   if (deps.site) registerSite(app, deps.site);
   else app.setNotFoundHandler(routeNotFound);
   for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes]) {
-    await app.register(async (scope) => routes(scope, deps));
+    await app.register(async (scope) => routes(scope.withTypeProvider<TypeBoxTypeProvider>(), deps));
   }
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;

@@ -1,8 +1,7 @@
-import type { Kysely } from 'kysely';
 import { DatabankError } from '../domain/errors.ts';
 import type { AccountType, Currency } from '../domain/money.ts';
 import type { Account, LedgerEntry, Page, Principal } from '../domain/types.ts';
-import type { Database } from '../stores/sql/schema.ts';
+import type { Db } from '../stores/sql/port.ts';
 import { assertOwns } from './access.ts';
 import { decodeCursor, toPage } from './paging.ts';
 import { movedMoney, type CachedReads, type CacheOutcome } from './cached-reads.ts';
@@ -13,13 +12,13 @@ const ACCOUNT_COLUMNS = ['account_id', 'account_type', 'balance', 'customer_id',
 /** Accounts and their ledger. Money moves through the movement services, never here. */
 export class AccountsService {
   constructor(
-    private readonly db: Kysely<Database>,
+    private readonly db: Db,
     private readonly cache: CachedReads,
   ) {}
 
   async open(principal: Principal, customerId: number, input: { account_type: AccountType; currency?: Currency }) {
     assertOwns(principal, customerId);
-    const account = await inTransaction(this.db, async (trx): Promise<Account> => {
+    const account = await inTransaction(this.db.writer, async (trx): Promise<Account> => {
       const customer = await trx.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst();
       if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
       const account = await trx
@@ -45,7 +44,7 @@ export class AccountsService {
   async getCached(principal: Principal, accountId: number): Promise<{ value: Account; cache: CacheOutcome }> {
     const { value, cache } = await this.cache.getOrLoad('account', accountId, async () => {
       const row = await read(() =>
-        this.db.selectFrom('accounts').select(ACCOUNT_COLUMNS).where('account_id', '=', accountId).executeTakeFirst(),
+        this.db.reader.selectFrom('accounts').select(ACCOUNT_COLUMNS).where('account_id', '=', accountId).executeTakeFirst(),
       );
       return row ?? null;
     });
@@ -59,8 +58,8 @@ export class AccountsService {
     const { value, cache } = await this.cache.getOrLoad('customer-accounts', customerId, async () => {
       const [customer, accounts] = await read(() =>
         Promise.all([
-          this.db.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst(),
-          this.db
+          this.db.reader.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst(),
+          this.db.reader
             .selectFrom('accounts')
             .select(ACCOUNT_COLUMNS)
             .where('customer_id', '=', customerId)
@@ -79,7 +78,7 @@ export class AccountsService {
     await this.get(principal, accountId);
     const before = decodeCursor(query.cursor);
     const rows = await read(() =>
-      this.db
+      this.db.reader
         .selectFrom('ledger_entries as e')
         .innerJoin('ledger_transactions as t', 't.id', 'e.transaction_id')
         .select(['e.id as entry_id', 'e.transaction_id', 't.kind', 'e.amount', 't.reference', 't.created_at'])

@@ -2,6 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import { DatabankError } from '../domain/errors.ts';
 import type { Principal } from '../domain/types.ts';
+import type { Db } from '../stores/sql/port.ts';
 import type { Database } from '../stores/sql/schema.ts';
 import { read } from './transaction.ts';
 
@@ -23,13 +24,23 @@ function hashSecret(secret: string): Buffer {
   return createHash('sha256').update(secret).digest();
 }
 
-/** API keys: made here, shown once, stored only as hashes. */
+/**
+ * API keys: made here, shown once, stored only as hashes. Making a key reads and writes the
+ * primary (`writer`); checking one reads `reader`.
+ */
 export class ApiKeysService {
   private readonly verified = new Map<string, { principal: Principal; until: number }>();
+  constructor(private readonly db: Db) {}
 
-  constructor(private readonly db: Kysely<Database>) {}
-
-  async create(role: 'admin' | 'customer', customerId: number | null, db: Kysely<Database> = this.db): Promise<CreatedKey> {
+  /**
+   * Makes a key; `db` is the caller's transaction when the key commits with other work. The
+   * customer check decides the insert, so it reads the primary like the insert itself.
+   */
+  async create(
+    role: 'admin' | 'customer',
+    customerId: number | null,
+    db: Kysely<Database> = this.db.writer,
+  ): Promise<CreatedKey> {
     if ((role === 'customer') !== (customerId !== null)) {
       throw new DatabankError('DATABANK_ERR_VALIDATION', 'a customer key needs a customer id; an admin key has none');
     }
@@ -54,7 +65,7 @@ export class ApiKeysService {
     const cached = this.verified.get(key);
     if (cached && cached.until > Date.now()) return cached.principal;
     const row = await read(() =>
-      this.db
+      this.db.reader
         .selectFrom('api_keys')
         .select(['id', 'secret_hash', 'role', 'customer_id'])
         .where('prefix', '=', match[1] as string)
@@ -73,7 +84,8 @@ export class ApiKeysService {
     return principal;
   }
 
-  async hasAdminKey(db: Kysely<Database> = this.db): Promise<boolean> {
+  /** Whether an unrevoked admin key exists; asked before making one, so it reads the primary. */
+  async hasAdminKey(db: Kysely<Database> = this.db.writer): Promise<boolean> {
     const row = await db
       .selectFrom('api_keys')
       .select('id')

@@ -1,4 +1,5 @@
 import { sql, type Kysely } from 'kysely';
+import type { Db } from '../stores/sql/port.ts';
 import type { Database } from '../stores/sql/schema.ts';
 import type { ApiKeysService } from './api-keys.ts';
 import { recordMovement } from './ledger.ts';
@@ -23,14 +24,15 @@ export interface BootstrapResult {
 /**
  * What a first start does to an empty database: load the demo customers (when asked and when there
  * are no customers yet) and make an admin key (when there is none). Runs under an advisory lock so
- * that several instances starting at once do it once.
+ * that several instances starting at once do it once. Every statement runs on the primary: what is
+ * there decides what is written.
  */
 export async function bootstrap(
-  db: Kysely<Database>,
+  db: Db,
   apiKeys: ApiKeysService,
   options: { demoData: boolean },
 ): Promise<BootstrapResult> {
-  return inTransaction(db, async (trx) => {
+  return inTransaction(db.writer, async (trx) => {
     await sql`select pg_advisory_xact_lock(${BOOTSTRAP_LOCK})`.execute(trx);
     const seeded = options.demoData ? await seedIfEmpty(trx) : false;
     const adminKey = (await apiKeys.hasAdminKey(trx)) ? null : (await apiKeys.create('admin', null, trx)).key;

@@ -1,6 +1,8 @@
 import { sql, type Kysely } from 'kysely';
+import { assertBirthDate, assertRealDate } from '../domain/dates.ts';
 import { DatabankError } from '../domain/errors.ts';
 import type { Customer, Page, Principal } from '../domain/types.ts';
+import type { Db } from '../stores/sql/port.ts';
 import type { Database } from '../stores/sql/schema.ts';
 import { assertAdmin, assertOwns } from './access.ts';
 import { decodeCursor, toPage } from './paging.ts';
@@ -16,12 +18,13 @@ export interface ListCustomersQuery {
 /** Customers: who they are, and the sum of what their accounts hold. */
 export class CustomersService {
   constructor(
-    private readonly db: Kysely<Database>,
+    private readonly db: Db,
     private readonly cache: CachedReads,
   ) {}
 
   /** Customers ordered by id; a customer key sees only its own customer. */
   async list(principal: Principal, query: ListCustomersQuery): Promise<Page<Customer>> {
+    if (query.bornAfter !== undefined) assertRealDate(query.bornAfter, 'born_after');
     const after = decodeCursor(query.cursor) ?? 0;
     const own = principal.role === 'customer' ? principal.customerId : null;
     const rows = await read(() =>
@@ -52,8 +55,10 @@ export class CustomersService {
   }
 
   async create(principal: Principal, input: { name: string; date_of_birth: string }): Promise<Customer> {
+    // Before the role check, as when the HTTP layer checked the date: a bad date is a 400 for anyone.
+    assertBirthDate(input.date_of_birth);
     assertAdmin(principal);
-    const created = await inTransaction(this.db, async (trx) => {
+    const created = await inTransaction(this.db.writer, async (trx) => {
       const row = await trx
         .insertInto('customers')
         .values({ name: input.name, date_of_birth: input.date_of_birth })
@@ -75,7 +80,7 @@ export class CustomersService {
     assertOwns(principal, id);
     const name = input.name;
     if (name === undefined) return this.get(principal, id);
-    const updated = await inTransaction(this.db, async (trx) => {
+    const updated = await inTransaction(this.db.writer, async (trx) => {
       await trx.updateTable('customers').set({ name }).where('id', '=', id).execute();
       const customer = await this.selectCustomers(trx).where('c.id', '=', id).executeTakeFirst();
       if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${id} does not exist`);
@@ -89,7 +94,8 @@ export class CustomersService {
     return updated;
   }
 
-  private selectCustomers(db: Kysely<Database> = this.db) {
+  /** Customers with their balances; on `reader` unless a transaction passes itself. */
+  private selectCustomers(db: Kysely<Database> = this.db.reader) {
     return db
       .selectFrom('customers as c')
       .select([

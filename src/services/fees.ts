@@ -1,6 +1,6 @@
-import type { Kysely } from 'kysely';
+import { assertAmount } from '../domain/money.ts';
 import type { FeeRun, Principal } from '../domain/types.ts';
-import type { Database } from '../stores/sql/schema.ts';
+import type { Db } from '../stores/sql/port.ts';
 import { assertAdmin } from './access.ts';
 import type { IdempotencyClaim, IdempotencyService } from './idempotency.ts';
 import { recordMovement } from './ledger.ts';
@@ -14,16 +14,17 @@ import { inTransaction, type RetryOptions } from './transaction.ts';
  */
 export class FeesService {
   constructor(
-    private readonly db: Kysely<Database>,
+    private readonly db: Db,
     private readonly idempotency: IdempotencyService,
     private readonly cache: CachedReads,
     private readonly retry?: RetryOptions,
   ) {}
 
   async charge(principal: Principal, amount: number, reference: string, claim: IdempotencyClaim | null) {
+    assertAmount(amount);
     assertAdmin(principal);
     const { run, owners } = await inTransaction(
-      this.db,
+      this.db.writer,
       async (trx) => {
         // Every account, locked in id order like every other writer.
         const accounts = await trx

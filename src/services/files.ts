@@ -5,6 +5,7 @@ import { DatabankError, fileStoreCall } from '../domain/errors.ts';
 import { SNIFF_BYTES, sniff, TextChecker, type AllowedType } from '../domain/file-types.ts';
 import type { Page, Principal } from '../domain/types.ts';
 import type { ByteRange, FileStore } from '../stores/files/port.ts';
+import type { Db } from '../stores/sql/port.ts';
 import type { Database } from '../stores/sql/schema.ts';
 import { assertOwns } from './access.ts';
 import { decodeCursor, toPage } from './paging.ts';
@@ -45,10 +46,13 @@ const FILENAME = /^[^\u0000-\u001f\u007f/\\]{1,255}$/u;
  * writes the object first and the row after, so a visible row always has its bytes; a delete
  * removes the row first and the object after the commit. Either way a crash can leave only an
  * object without a row, which `sweep` removes.
+ *
+ * Listing and serving read `reader`; an upload, a delete and the sweep read `writer`, because what
+ * they read decides what they write or remove.
  */
 export class FilesService {
   constructor(
-    private readonly db: Kysely<Database>,
+    private readonly db: Db,
     private readonly store: FileStore,
     private readonly maxBytes: number,
     private readonly onOrphan: (key: string, err: unknown) => void = () => undefined,
@@ -69,7 +73,7 @@ export class FilesService {
     declaredBytes: number | null,
     open: () => Promise<UploadInput>,
   ): Promise<FileMeta> {
-    await this.assertCustomer(principal, customerId);
+    await this.assertCustomer(principal, customerId, this.db.writer);
     if (declaredBytes !== null && declaredBytes > this.maxBytes) throw this.tooLarge();
     const input = await open();
     checkFilename(input.filename);
@@ -138,7 +142,7 @@ export class FilesService {
     }
     const sha256 = hash.digest('hex');
     try {
-      const row = await this.db
+      const row = await this.db.writer
         .insertInto('files')
         .values({ customer_id: customerId, filename: input.filename, content_type: type, size, sha256, object_key: key })
         .returningAll()
@@ -156,10 +160,10 @@ export class FilesService {
     customerId: number,
     query: { contentType?: string; limit: number; cursor?: string },
   ): Promise<Page<FileMeta>> {
-    await this.assertCustomer(principal, customerId);
+    await this.assertCustomer(principal, customerId, this.db.reader);
     const before = decodeCursor(query.cursor);
     const rows = await read(() =>
-      this.db
+      this.db.reader
         .selectFrom('files')
         .selectAll()
         .where('customer_id', '=', customerId)
@@ -191,8 +195,8 @@ export class FilesService {
 
   /** Removes the row, then (after the commit) the object; a failure there leaves an orphan for `sweep`. */
   async delete(principal: Principal, fileId: number): Promise<void> {
-    const row = await this.row(principal, fileId);
-    const deleted = await this.db.deleteFrom('files').where('id', '=', row.id).returning('object_key').executeTakeFirst();
+    const row = await this.row(principal, fileId, this.db.writer);
+    const deleted = await this.db.writer.deleteFrom('files').where('id', '=', row.id).returning('object_key').executeTakeFirst();
     if (!deleted) throw new DatabankError('DATABANK_ERR_NOT_FOUND');
     await this.store.delete(deleted.object_key).catch((err: unknown) => this.onOrphan(deleted.object_key, err));
   }
@@ -203,7 +207,8 @@ export class FilesService {
    * rows whose object is missing.
    */
   async sweep(options: { graceMs: number; dryRun: boolean; onProgress?: (seen: number) => void }): Promise<SweepReport> {
-    const rows = await this.db.selectFrom('files').select(['id', 'object_key']).execute();
+    // The primary: a replica that has not yet seen a new row would make its object look orphaned.
+    const rows = await this.db.writer.selectFrom('files').select(['id', 'object_key']).execute();
     const byKey = new Map(rows.map((r) => [r.object_key, r.id]));
     const seen = new Set<string>();
     const orphanObjects: string[] = [];
@@ -218,7 +223,7 @@ export class FilesService {
       }
       if (object.lastModified.getTime() > cutoff) continue;
       // Checked again one by one: the row may have been written since the table was read.
-      const row = await this.db.selectFrom('files').select('id').where('object_key', '=', object.key).executeTakeFirst();
+      const row = await this.db.writer.selectFrom('files').select('id').where('object_key', '=', object.key).executeTakeFirst();
       if (row) continue;
       orphanObjects.push(object.key);
       if (!options.dryRun) await this.store.delete(object.key);
@@ -230,16 +235,17 @@ export class FilesService {
   }
 
   /** The customer exists and the caller may see it; otherwise the same 404 either way. */
-  private async assertCustomer(principal: Principal, customerId: number): Promise<void> {
+  private async assertCustomer(principal: Principal, customerId: number, db: Kysely<Database>): Promise<void> {
     assertOwns(principal, customerId);
     const customer = await read(() =>
-      this.db.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst(),
+      db.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst(),
     );
     if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
   }
 
-  private async row(principal: Principal, fileId: number) {
-    const row = await read(() => this.db.selectFrom('files').selectAll().where('id', '=', fileId).executeTakeFirst());
+  /** The file's row, if the caller may see it; `writer` when the answer decides a delete. */
+  private async row(principal: Principal, fileId: number, db: Kysely<Database> = this.db.reader) {
+    const row = await read(() => db.selectFrom('files').selectAll().where('id', '=', fileId).executeTakeFirst());
     // The same answer as for another customer's file (assertOwns), so ids do not leak.
     if (!row) throw new DatabankError('DATABANK_ERR_NOT_FOUND');
     assertOwns(principal, row.customer_id);

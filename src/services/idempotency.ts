@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { sql, type Kysely } from 'kysely';
 import { DatabankError } from '../domain/errors.ts';
+import type { Db } from '../stores/sql/port.ts';
 import type { Database } from '../stores/sql/schema.ts';
 import { read } from './transaction.ts';
 
@@ -42,14 +43,15 @@ function canonicalJson(value: unknown): string {
  * the same key with another request is refused (422); a key whose first request is still running
  * is refused (409). The stored response commits in the same transaction as the movement, so a
  * replay never describes a movement that did not happen, and a movement never lacks its record.
+ * Every statement here writes or decides a write, so all of them run on `writer`.
  */
 export class IdempotencyService {
-  constructor(private readonly db: Kysely<Database>) {}
+  constructor(private readonly db: Db) {}
 
   async begin(scope: string, key: string, hash: string): Promise<IdempotencyOutcome> {
     const now = Date.now();
     const claimed = await read(() =>
-      this.db
+      this.db.writer
         .insertInto('idempotency_keys')
         .values({
           scope,
@@ -86,8 +88,10 @@ export class IdempotencyService {
         .executeTakeFirst(),
     );
     if (claimed) return { kind: 'claimed', claim: { scope, key } };
+    // The key's row may have been written a moment ago by another request: only the primary is
+    // sure to show it, and its state decides whether this request may run.
     const existing = await read(() =>
-      this.db
+      this.db.writer
         .selectFrom('idempotency_keys')
         .select(['request_hash', 'state', 'response_status', 'response_body'])
         .where('scope', '=', scope)
@@ -115,13 +119,13 @@ export class IdempotencyService {
 
   /** Records a refusal (insufficient funds, unknown account) so that a retry gets the same answer. */
   async fail(claim: IdempotencyClaim, status: number, body: unknown): Promise<void> {
-    await read(() => this.complete(this.db, claim, status, body));
+    await read(() => this.complete(this.db.writer, claim, status, body));
   }
 
   /** Forgets a claim whose request neither succeeded nor was refused (database down, contention). */
   async release(claim: IdempotencyClaim): Promise<void> {
     await read(() =>
-      this.db
+      this.db.writer
         .deleteFrom('idempotency_keys')
         .where('scope', '=', claim.scope)
         .where('key', '=', claim.key)
@@ -133,7 +137,7 @@ export class IdempotencyService {
   /** Deletes expired keys; returns how many. */
   async purgeExpired(): Promise<number> {
     const result = await read(() =>
-      this.db.deleteFrom('idempotency_keys').where('expires_at', '<', sql<Date>`now()`).executeTakeFirst(),
+      this.db.writer.deleteFrom('idempotency_keys').where('expires_at', '<', sql<Date>`now()`).executeTakeFirst(),
     );
     return Number(result.numDeletedRows ?? 0);
   }

@@ -1,7 +1,7 @@
-import type { Kysely } from 'kysely';
 import { DatabankError } from '../domain/errors.ts';
+import { assertAmount } from '../domain/money.ts';
 import type { Movement, Principal } from '../domain/types.ts';
-import type { Database } from '../stores/sql/schema.ts';
+import type { Db } from '../stores/sql/port.ts';
 import { assertAdmin } from './access.ts';
 import type { IdempotencyClaim, IdempotencyService } from './idempotency.ts';
 import { recordMovement } from './ledger.ts';
@@ -12,7 +12,7 @@ import { inTransaction, type RetryOptions } from './transaction.ts';
 /** Money entering or leaving the bank: a deposit credits an account from cash, a withdrawal pays out. */
 export class MovementsService {
   constructor(
-    private readonly db: Kysely<Database>,
+    private readonly db: Db,
     private readonly idempotency: IdempotencyService,
     private readonly cache: CachedReads,
     private readonly retry?: RetryOptions,
@@ -33,9 +33,10 @@ export class MovementsService {
     amount: number,
     claim: IdempotencyClaim | null,
   ): Promise<Movement> {
+    assertAmount(amount);
     assertAdmin(principal);
     const { movement, customerId } = await inTransaction(
-      this.db,
+      this.db.writer,
       async (trx) => {
         const account = (await lockAccounts(trx, [accountId])).get(accountId);
         if (!account) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `account ${accountId} does not exist`);

@@ -272,6 +272,15 @@ export class Site {
     return this.loading;
   }
 
+  /**
+   * Reads the manifest from the store now (the site-refresh worker calls this every 2 s). On
+   * failure the last one read stays in use and the error is thrown, for the worker to count.
+   */
+  async refresh(): Promise<void> {
+    const manifest = await fileStoreCall(() => readManifest(this.store));
+    this.manifestCache = { manifest, at: Date.now() };
+  }
+
   /** Forgets the manifest so the next request reads it again (after a deploy in this process). */
   invalidate(): void {
     this.manifestCache = null;

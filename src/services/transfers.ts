@@ -1,7 +1,8 @@
-import { sql, type Kysely } from 'kysely';
+import { sql } from 'kysely';
 import { DatabankError } from '../domain/errors.ts';
+import { assertAmount } from '../domain/money.ts';
 import type { Principal, Transfer } from '../domain/types.ts';
-import type { Database } from '../stores/sql/schema.ts';
+import type { Db } from '../stores/sql/port.ts';
 import type { IdempotencyClaim } from './idempotency.ts';
 import { movedMoney, type CachedReads } from './cached-reads.ts';
 import { withRetry, type RetryOptions } from './transaction.ts';
@@ -26,24 +27,26 @@ interface TransferRow {
  * that both exist, that the currencies match, that the source holds enough and, for a customer
  * key, that the customer owns the source; only then it writes both balances, the ledger
  * transaction and its two entries, the `transfer.completed` outbox event and, with an
- * Idempotency-Key, the stored response. A refusal writes nothing.
+ * Idempotency-Key, the stored response. A refusal writes nothing. The function writes, so it runs
+ * on `writer`; it also refuses an amount below 1 (migration 0004), a rule this service checks first.
  */
 export class TransfersService {
   constructor(
-    private readonly db: Kysely<Database>,
+    private readonly db: Db,
     private readonly cache: CachedReads,
     private readonly retry?: RetryOptions,
   ) {}
 
   async transfer(principal: Principal, cmd: TransferCommand, claim: IdempotencyClaim | null): Promise<Transfer> {
     const { from_account_id: from, to_account_id: to, amount } = cmd;
+    assertAmount(amount);
     if (from === to) throw new DatabankError('DATABANK_ERR_SAME_ACCOUNT');
     const owner = principal.role === 'customer' ? principal.customerId : null;
     const row = await withRetry(async () => {
       const result = await sql<TransferRow>`
         select outcome, out_transfer_id, out_created_at, out_from_customer, out_to_customer
         from databank_transfer(${from}::bigint, ${to}::bigint, ${amount}::bigint, ${owner}::bigint,
-          ${claim?.scope ?? null}::text, ${claim?.key ?? null}::text)`.execute(this.db);
+          ${claim?.scope ?? null}::text, ${claim?.key ?? null}::text)`.execute(this.db.writer);
       return result.rows[0] as TransferRow;
     }, this.retry);
     switch (row.outcome) {

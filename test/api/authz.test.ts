@@ -1,43 +1,192 @@
 import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pino } from 'pino';
 import { ERRORS, type ErrorCode } from '../../src/domain/errors.ts';
+import { createMetrics } from '../../src/http/metrics.ts';
+import { buildServer } from '../../src/http/server.ts';
 import { customerKey, startTestApp, type TestApp } from '../support/app.ts';
 import { ENGINES } from '../support/engines.ts';
 
 /**
  * Authentication and authorization over every route: who may call what, and what a refusal looks
  * like. A customer key must not learn whether another customer's ids exist, and no refused call
- * may move money.
+ * may move money. The routes are read from the server as it registers them (Fastify's `onRoute`),
+ * so that a route added without an authorization case here fails this suite.
  */
 
-type Method = 'GET' | 'POST' | 'PATCH';
+type Method = 'GET' | 'HEAD' | 'POST' | 'PATCH' | 'DELETE';
 type Headers = Record<string, string>;
 type Response = Awaited<ReturnType<TestApp['app']['http']['inject']>>;
 
-interface RouteCase {
+interface Request {
   readonly method: Method;
   readonly url: string;
-  readonly body?: object;
+  readonly body?: object | string;
+  /** Headers the request needs besides Authorization (e.g. the type of an upload). */
+  readonly headers?: Headers;
 }
 
-/** Every route that needs a key, with a request that an admin key would be allowed to make. */
-const PROTECTED: readonly RouteCase[] = [
-  { method: 'GET', url: '/customers' },
-  { method: 'POST', url: '/customers', body: { name: 'Eve', date_of_birth: '1990-01-01' } },
-  { method: 'GET', url: '/customers/1' },
-  { method: 'PATCH', url: '/customers/1', body: { name: 'Eve' } },
-  { method: 'POST', url: '/customers/1/accounts', body: { account_type: 'savings' } },
-  { method: 'GET', url: '/customers/1/accounts' },
-  { method: 'GET', url: '/accounts/1' },
-  { method: 'GET', url: '/accounts/1/entries' },
-  { method: 'POST', url: '/accounts/1/deposits', body: { amount: 100 } },
-  { method: 'POST', url: '/accounts/1/withdrawals', body: { amount: 100 } },
-  { method: 'POST', url: '/transfers', body: { from_account_id: 1, to_account_id: 2, amount: 100 } },
-  { method: 'POST', url: '/fees', body: { amount: 1, reference: 'authz-fee' } },
-  { method: 'GET', url: '/metrics' },
-  { method: 'GET', url: '/openapi.json' },
-];
+/** What customer 1's key gets from a request about customer 2, or from an admin-only route. */
+type OtherCustomer =
+  | { readonly status: 403 | 404; readonly request: Request }
+  /** Routes any key may call: they answer only its own data, or nothing per customer (`why`). */
+  | { readonly status: 200; readonly request: Request; readonly why: string };
+
+interface RouteCase extends Request {
+  /** The route as registered: method and URL pattern, e.g. `GET /customers/:id`. */
+  readonly route: string;
+  readonly otherCustomer: OtherCustomer;
+}
+
+/** Ids made in setup that the cases name. */
+interface Ids {
+  /** The account opened for customer 2. */
+  readonly account: number;
+  /** A file uploaded for customer 2. */
+  readonly file: number;
+}
+
+const UPLOAD = { headers: { 'content-type': 'text/plain' }, body: 'authz upload\n' } as const;
+
+/**
+ * One authorization case per registered route, keyed `METHOD /pattern`: a request that an admin key
+ * would be allowed to make, and what customer 1's key gets when it aims the route at customer 2.
+ * A route registered without an entry here fails "every registered route has a case".
+ */
+function casesFor(ids: Ids): Record<string, Omit<RouteCase, 'route' | 'method'>> {
+  const refused = (status: 403 | 404, method: Method, url: string, body?: object | string, headers?: Headers) => ({
+    status,
+    request: { method, url, body, headers },
+  });
+  return {
+    'GET /customers': {
+      url: '/customers',
+      otherCustomer: { status: 200, request: { method: 'GET', url: '/customers' }, why: 'lists only its own customer' },
+    },
+    'POST /customers': {
+      url: '/customers',
+      body: { name: 'Eve', date_of_birth: '1990-01-01' },
+      otherCustomer: refused(403, 'POST', '/customers', { name: 'Eve', date_of_birth: '1990-01-01' }),
+    },
+    'GET /customers/:id': { url: '/customers/1', otherCustomer: refused(404, 'GET', '/customers/2') },
+    'PATCH /customers/:id': {
+      url: '/customers/1',
+      body: { name: 'Eve' },
+      otherCustomer: refused(404, 'PATCH', '/customers/2', { name: 'Mallory' }),
+    },
+    'POST /customers/:id/accounts': {
+      url: '/customers/1/accounts',
+      body: { account_type: 'savings' },
+      otherCustomer: refused(404, 'POST', '/customers/2/accounts', { account_type: 'savings' }),
+    },
+    'GET /customers/:id/accounts': { url: '/customers/1/accounts', otherCustomer: refused(404, 'GET', '/customers/2/accounts') },
+    'GET /accounts/:id': { url: '/accounts/1', otherCustomer: refused(404, 'GET', `/accounts/${ids.account}`) },
+    'GET /accounts/:id/entries': {
+      url: '/accounts/1/entries',
+      otherCustomer: refused(404, 'GET', `/accounts/${ids.account}/entries`),
+    },
+    'POST /accounts/:id/deposits': {
+      url: '/accounts/1/deposits',
+      body: { amount: 100 },
+      otherCustomer: refused(403, 'POST', `/accounts/${ids.account}/deposits`, { amount: 100 }),
+    },
+    'POST /accounts/:id/withdrawals': {
+      url: '/accounts/1/withdrawals',
+      body: { amount: 100 },
+      otherCustomer: refused(403, 'POST', `/accounts/${ids.account}/withdrawals`, { amount: 100 }),
+    },
+    'POST /transfers': {
+      url: '/transfers',
+      body: { from_account_id: 1, to_account_id: 2, amount: 100 },
+      otherCustomer: refused(404, 'POST', '/transfers', { from_account_id: ids.account, to_account_id: 1, amount: 100 }),
+    },
+    'POST /fees': {
+      url: '/fees',
+      body: { amount: 1, reference: 'authz-fee' },
+      otherCustomer: refused(403, 'POST', '/fees', { amount: 1, reference: 'authz-fee' }),
+    },
+    'GET /cache/stats': { url: '/cache/stats', otherCustomer: refused(403, 'GET', '/cache/stats') },
+    'POST /cache/flush': { url: '/cache/flush', body: {}, otherCustomer: refused(403, 'POST', '/cache/flush', {}) },
+    'POST /customers/:id/files': {
+      url: '/customers/1/files?filename=authz.txt',
+      ...UPLOAD,
+      otherCustomer: refused(404, 'POST', '/customers/2/files?filename=authz.txt', UPLOAD.body, UPLOAD.headers),
+    },
+    'GET /customers/:id/files': { url: '/customers/1/files', otherCustomer: refused(404, 'GET', '/customers/2/files') },
+    'GET /files/:id': { url: `/files/${ids.file}`, otherCustomer: refused(404, 'GET', `/files/${ids.file}`) },
+    'GET /files/:id/content': {
+      url: `/files/${ids.file}/content`,
+      otherCustomer: refused(404, 'GET', `/files/${ids.file}/content`),
+    },
+    'HEAD /files/:id/content': {
+      url: `/files/${ids.file}/content`,
+      otherCustomer: refused(404, 'HEAD', `/files/${ids.file}/content`),
+    },
+    'DELETE /files/:id': { url: `/files/${ids.file}`, otherCustomer: refused(404, 'DELETE', `/files/${ids.file}`) },
+    'GET /metrics': { url: '/metrics', otherCustomer: refused(403, 'GET', '/metrics') },
+    'GET /openapi.json': {
+      url: '/openapi.json',
+      otherCustomer: { status: 200, request: { method: 'GET', url: '/openapi.json' }, why: 'the API description is the same for every key' },
+    },
+  };
+}
+
+const METHODS: readonly Method[] = ['GET', 'HEAD', 'POST', 'PATCH', 'DELETE'];
+
+function isMethod(method: string): method is Method {
+  return (METHODS as readonly string[]).includes(method);
+}
+
+/** A registered route: its method and URL pattern, and whether it is served without a key. */
+interface RegisteredRoute {
+  readonly method: string;
+  readonly url: string;
+  readonly isPublic: boolean;
+}
+
+/**
+ * Every route the HTTP server registers, as Fastify's `onRoute` hook reports them, HEAD routes
+ * that Fastify adds for GET routes included. A second server is built over the test app's
+ * services to listen to its registration; it gets metrics of its own because metric names are
+ * registered once per registry.
+ */
+async function registeredRoutes(t: TestApp): Promise<RegisteredRoute[]> {
+  const routes: RegisteredRoute[] = [];
+  const deps = { ...t.app.deps, metrics: createMetrics(() => t.app.sql.poolStats(), { defaultMetrics: false }) };
+  const server = await buildServer(deps, {
+    logger: pino({ level: 'silent' }),
+    onRoute: (route) => {
+      const methods = Array.isArray(route.method) ? route.method : [route.method];
+      for (const method of methods) {
+        routes.push({ method, url: route.url, isPublic: route.config?.public === true });
+      }
+    },
+  });
+  // HEAD routes for GET routes are added while the server gets ready.
+  await server.ready();
+  await server.close();
+  return routes;
+}
+
+/**
+ * The case of a registered route. A HEAD route that Fastify added for a GET route answers as the
+ * GET does, without the body, so the GET's case covers it; the requests are still sent as HEAD.
+ */
+function caseOf(cases: ReturnType<typeof casesFor>, route: RegisteredRoute): RouteCase | null {
+  if (!isMethod(route.method)) return null;
+  const key = `${route.method} ${route.url}`;
+  const own = cases[key];
+  if (own) return { ...own, method: route.method, route: key };
+  const get = route.method === 'HEAD' ? cases[`GET ${route.url}`] : undefined;
+  if (!get) return null;
+  return {
+    ...get,
+    method: 'HEAD',
+    route: key,
+    otherCustomer: { ...get.otherCustomer, request: { ...get.otherCustomer.request, method: 'HEAD', body: undefined } },
+  };
+}
 
 const GHOST = 999_999;
 
@@ -54,6 +203,12 @@ function expectCatalogError(res: Response, code: ErrorCode, what: string): void 
   });
 }
 
+/** The refusal `code`; a HEAD answer has its status and no body. */
+function expectRefused(res: Response, method: Method, code: ErrorCode, what: string): void {
+  if (method !== 'HEAD') return expectCatalogError(res, code, what);
+  expect({ what, status: res.statusCode, body: res.body }).toEqual({ what, status: ERRORS[code].status, body: '' });
+}
+
 function unknownWellFormedKey(): string {
   return `dbk_${randomBytes(8).toString('hex')}_${randomBytes(32).toString('base64url')}`;
 }
@@ -65,12 +220,21 @@ for (const engine of ENGINES) {
     let cust2: Headers;
     /** The account opened for customer 2 in setup. */
     let extra: number;
+    /** A file uploaded for customer 2 in setup. */
+    let file2: number;
+    /** Every route the server registers. */
+    let registered: RegisteredRoute[];
+    /** The registered routes that need a key, each with its case. */
+    let PROTECTED: RouteCase[];
     /** An account customer 1 opens for itself (allowed), once that test has run. */
     let ownOpened: number | null = null;
     let transferDone = false;
 
     const call = (method: Method, url: string, headers: Headers, body?: object | string): Promise<Response> =>
       t.app.http.inject({ method, url, headers, ...(body === undefined ? {} : { payload: body }) });
+    /** Sends `request` with `headers` added to its own. */
+    const send = (request: Request, headers: Headers): Promise<Response> =>
+      call(request.method, request.url, { ...request.headers, ...headers }, request.body);
 
     beforeAll(async () => {
       t = await startTestApp(engine, 'api-authz');
@@ -82,10 +246,40 @@ for (const engine of ENGINES) {
       expect(account.customer_id).toBe(2);
       expect(account.balance).toBe(0);
       extra = account.account_id;
+      const uploaded = await call('POST', '/customers/2/files?filename=theirs.txt', { ...t.admin, 'content-type': 'text/plain' }, 'customer 2 only\n');
+      expect(uploaded.statusCode).toBe(201);
+      file2 = uploaded.json<{ file_id: number }>().file_id;
+      registered = await registeredRoutes(t);
+      const cases = casesFor({ account: extra, file: file2 });
+      PROTECTED = registered
+        .filter((r) => !r.isPublic)
+        .map((r) => caseOf(cases, r))
+        .filter((c): c is RouteCase => c !== null);
     });
 
     afterAll(async () => {
       await t?.close();
+    });
+
+    describe('the route list', () => {
+      it('every registered route has a case, and every case a route', () => {
+        const cases = casesFor({ account: extra, file: file2 });
+        const protectedRoutes = registered.filter((r) => !r.isPublic);
+        const withoutCase = protectedRoutes.filter((r) => caseOf(cases, r) === null).map((r) => `${r.method} ${r.url}`);
+        expect(withoutCase, 'routes without an authorization case: add one to casesFor').toEqual([]);
+        const names = new Set(protectedRoutes.map((r) => `${r.method} ${r.url}`));
+        expect(Object.keys(cases).filter((name) => !names.has(name)), 'cases for routes that are not registered').toEqual([]);
+        expect(PROTECTED.map((c) => c.route)).toEqual([...names]);
+        // The only routes served without a key are the health checks (and their HEADs).
+        expect(registered.filter((r) => r.isPublic).map((r) => `${r.method} ${r.url}`).sort()).toEqual([
+          'GET /healthz',
+          'GET /readyz',
+          'HEAD /healthz',
+          'HEAD /readyz',
+        ]);
+        // Sanity: the list is read from the server, not empty because a hook never ran.
+        expect(PROTECTED.length).toBeGreaterThanOrEqual(30);
+      });
     });
 
     describe('authentication', () => {
@@ -101,9 +295,9 @@ for (const engine of ENGINES) {
 
       it('every protected route answers 401 without an Authorization header', async () => {
         for (const route of PROTECTED) {
-          const res = await call(route.method, route.url, {}, route.body);
-          expectCatalogError(res, 'DATABANK_ERR_UNAUTHORIZED', `${route.method} ${route.url}`);
-          expect(res.headers['www-authenticate']).toBe('Bearer realm="databank"');
+          const res = await send(route, {});
+          expectRefused(res, route.method, 'DATABANK_ERR_UNAUTHORIZED', `${route.method} ${route.url}`);
+          expect(res.headers['www-authenticate'], route.route).toBe('Bearer realm="databank"');
         }
       });
 
@@ -125,8 +319,8 @@ for (const engine of ENGINES) {
         ];
         for (const route of PROTECTED) {
           for (const authorization of malformed) {
-            const res = await call(route.method, route.url, { authorization }, route.body);
-            expectCatalogError(res, 'DATABANK_ERR_UNAUTHORIZED', `${route.method} ${route.url} with ${JSON.stringify(authorization)}`);
+            const res = await send(route, { authorization });
+            expectRefused(res, route.method, 'DATABANK_ERR_UNAUTHORIZED', `${route.method} ${route.url} with ${JSON.stringify(authorization)}`);
           }
         }
       });
@@ -144,8 +338,8 @@ for (const engine of ENGINES) {
         expect(keys[2]).not.toBe(t.adminKey);
         for (const route of PROTECTED) {
           for (const key of keys) {
-            const res = await call(route.method, route.url, { authorization: `Bearer ${key}` }, route.body);
-            expectCatalogError(res, 'DATABANK_ERR_UNAUTHORIZED', `${route.method} ${route.url} with ${key}`);
+            const res = await send(route, { authorization: `Bearer ${key}` });
+            expectRefused(res, route.method, 'DATABANK_ERR_UNAUTHORIZED', `${route.method} ${route.url} with ${key}`);
           }
         }
       });
@@ -158,7 +352,8 @@ for (const engine of ENGINES) {
       });
 
       it('authentication comes before body parsing and validation', async () => {
-        for (const route of PROTECTED.filter((r) => r.method !== 'GET')) {
+        // Every method that carries a body.
+        for (const route of PROTECTED.filter((r) => r.method !== 'GET' && r.method !== 'HEAD')) {
           const res = await t.app.http.inject({
             method: route.method,
             url: route.url,
@@ -271,7 +466,7 @@ for (const engine of ENGINES) {
       });
 
       it('is refused admin-only operations with 403', async () => {
-        const cases: RouteCase[] = [
+        const cases: Request[] = [
           { method: 'POST', url: '/customers', body: { name: 'Eve', date_of_birth: '1990-01-01' } },
           { method: 'POST', url: '/fees', body: { amount: 1, reference: 'authz-fee' } },
           { method: 'GET', url: '/metrics' },
@@ -285,6 +480,19 @@ for (const engine of ENGINES) {
           expectCatalogError(res, 'DATABANK_ERR_FORBIDDEN', `${c.method} ${c.url}`);
           const withKey = await call(c.method, c.url, { ...cust1, 'idempotency-key': `authz-403-${c.url}` }, c.body);
           expectCatalogError(withKey, 'DATABANK_ERR_FORBIDDEN', `${c.method} ${c.url} with an Idempotency-Key`);
+        }
+      });
+
+      it('is refused every registered route aimed at another customer (404) or reserved to admins (403)', async () => {
+        for (const route of PROTECTED) {
+          const { status, request } = route.otherCustomer;
+          const what = `${route.route}: ${request.method} ${request.url}`;
+          const res = await send(request, cust1);
+          if (status === 200) {
+            expect([what, res.statusCode]).toEqual([what, 200]);
+            continue;
+          }
+          expectRefused(res, request.method, status === 403 ? 'DATABANK_ERR_FORBIDDEN' : 'DATABANK_ERR_NOT_FOUND', what);
         }
       });
 
@@ -341,6 +549,14 @@ for (const engine of ENGINES) {
       ]);
       const fees = await t.app.sql.db.selectFrom('fee_charges').select('account_id').execute();
       expect(fees).toEqual([]);
+      // Customer 2's file outlived the refused delete, and no refused upload left a file.
+      for (const [customer, files] of [
+        [1, []],
+        [2, [file2]],
+      ] as const) {
+        const listed = await call('GET', `/customers/${customer}/files`, t.admin);
+        expect([customer, listed.json<{ result: Array<{ file_id: number }> }>().result.map((f) => f.file_id)]).toEqual([customer, files]);
+      }
     });
   });
 }

@@ -1,13 +1,21 @@
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIGRATIONS } from '../../src/stores/sql/migrations/index.ts';
-import { runCli, serve } from '../support/cli.ts';
+import { freePort, runCli, serve } from '../support/cli.ts';
 import { createTestDatabase, ENGINES, type TestDatabase } from '../support/engines.ts';
 
 const NAMES = Object.keys(MIGRATIONS);
 const NEWEST = NAMES[NAMES.length - 1] as string;
+
+/**
+ * Each test spawns few processes and gets its own generous deadline: a first PGlite start or a
+ * migration is slow on a loaded machine, and a deadline is a ceiling, not a measurement.
+ */
+const SLOW = { timeout: 180_000 } as const;
 
 const CHAPTER =
   '{"result":[{"id":2,"name":"Karen Johnson","date_of_birth":"1989-11-18","balance":4853},' +
@@ -20,7 +28,7 @@ describe('databank serve on the embedded engine, over a real socket', () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('first start: migrates, loads the chapter data, makes an admin key (0600), answers the chapter query', async () => {
+  it('first start: migrates, loads the chapter data, makes an admin key (0600), answers the chapter query', SLOW, async () => {
     const s = await serve({ DATABANK_DATA_DIR: dir });
     try {
       const keyFile = join(dir, 'admin-key');
@@ -46,7 +54,7 @@ describe('databank serve on the embedded engine, over a real socket', () => {
     }
   });
 
-  it('a second process on the same data dir is refused while the first runs', async () => {
+  it('a second process on the same data dir is refused while the first runs', SLOW, async () => {
     const s = await serve({ DATABANK_DATA_DIR: dir });
     try {
       const second = await runCli(['migrate', 'status'], { DATABANK_DATA_DIR: dir });
@@ -57,7 +65,7 @@ describe('databank serve on the embedded engine, over a real socket', () => {
     }
   });
 
-  it('second start: data persisted, no new key, nothing printed', async () => {
+  it('second start: data persisted, no new key, nothing printed', SLOW, async () => {
     const key = readFileSync(join(dir, 'admin-key'), 'utf8').trim();
     const s = await serve({ DATABANK_DATA_DIR: dir });
     try {
@@ -71,7 +79,10 @@ describe('databank serve on the embedded engine, over a real socket', () => {
     expect(readFileSync(join(dir, 'admin-key'), 'utf8').trim()).toBe(key);
   });
 
-  it('SIGTERM drains in-flight requests: every answered transfer is committed, none half-done', async () => {
+  // Set by the drain test, checked after a restart by the next one.
+  let completed = -1;
+
+  it('SIGTERM drains in-flight requests: answered transfers are 201, the rest refused or cut, exit 0', SLOW, async () => {
     const key = readFileSync(join(dir, 'admin-key'), 'utf8').trim();
     const s = await serve({ DATABANK_DATA_DIR: dir });
     const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
@@ -91,17 +102,42 @@ describe('databank serve on the embedded engine, over a real socket', () => {
     const results = await Promise.all(sent);
     expect(exitCode).toBe(0);
     expect(s.stdout).toContain('draining in-flight requests');
-    const completed = results.filter((r) => r.status === 201).length;
+    completed = results.filter((r) => r.status === 201).length;
     expect(results.filter((r) => ![201, 503, 0].includes(r.status))).toEqual([]);
     expect(completed).toBeGreaterThanOrEqual(1);
+  });
 
-    // Restart and count: exactly the answered transfers moved money.
+  it('after the drain, exactly the answered transfers moved money, none half-done', SLOW, async () => {
+    expect(completed, 'the drain test ran first').toBeGreaterThanOrEqual(1);
+    const key = readFileSync(join(dir, 'admin-key'), 'utf8').trim();
     const again = await serve({ DATABANK_DATA_DIR: dir });
     try {
-      const res = await fetch(`${again.base}/accounts/3`, { headers });
+      const res = await fetch(`${again.base}/accounts/3`, { headers: { authorization: `Bearer ${key}` } });
       expect(((await res.json()) as { balance: number }).balance).toBe(2150 + completed);
     } finally {
-      await again.stop();
+      expect(await again.stop()).toBe(0);
+    }
+  });
+
+  // Last in this block: the process exits without closing the embedded database.
+  it('a stop that outlives DATABANK_SHUTDOWN_TIMEOUT_MS exits 1 naming what was still open', SLOW, async () => {
+    const key = readFileSync(join(dir, 'admin-key'), 'utf8').trim();
+    const s = await serve({ DATABANK_DATA_DIR: dir, DATABANK_SHUTDOWN_TIMEOUT_MS: '500' });
+    // A request whose body never ends holds the HTTP server open. `Expect: 100-continue` makes the
+    // server say when it has the request, so the signal cannot overtake it.
+    const stuck = request(new URL('/transfers', s.base), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', 'content-length': '1000', expect: '100-continue' },
+    });
+    stuck.on('error', () => undefined);
+    try {
+      stuck.flushHeaders();
+      await once(stuck, 'continue');
+      stuck.write('{"from_account_id":');
+      expect(await s.stop()).toBe(1);
+      expect(s.stdout).toContain('shutdown did not finish within 500 ms; still open: http server');
+    } finally {
+      stuck.destroy();
     }
   });
 });
@@ -114,31 +150,55 @@ describe('databank CLI', () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('every command has --help', async () => {
-    for (const args of [[], ['serve'], ['migrate'], ['migrate', 'latest'], ['migrate', 'rollback'], ['migrate', 'status'], ['migrate', 'make'], ['seed'], ['keys', 'create']]) {
-      const r = await runCli([...args, '--help'], env());
-      expect(r.code, args.join(' ')).toBe(0);
-      expect(r.stdout, args.join(' ')).toMatch(/^Usage: databank/);
-    }
+  // The help of every subcommand is checked in-process (test/e2e/cli.test.ts); these two run the real binary.
+  it('--help answers with the usage and every command family', SLOW, async () => {
+    const r = await runCli(['--help'], env());
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^Usage: databank/);
+    for (const name of ['serve', 'worker', 'migrate', 'seed', 'keys', 'site', 'files', 'cache']) expect(r.stdout).toMatch(new RegExp(`^  ${name}\\b`, 'm'));
   });
 
-  it('migrates, reports status, rolls back and migrates again, with --json', async () => {
+  it('--version prints the package version', SLOW, async () => {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    const r = await runCli(['--version'], env());
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`${pkg.version}\n`);
+  });
+
+  it('migrate latest applies every migration, then nothing', SLOW, async () => {
     expect(JSON.parse((await runCli(['migrate', 'latest', '--json'], env())).stdout)).toEqual({ applied: NAMES });
     expect(JSON.parse((await runCli(['migrate', 'latest', '--json'], env())).stdout)).toEqual({ applied: [] });
+  });
+
+  it('migrate status lists every migration as applied, with --json', SLOW, async () => {
     const status = JSON.parse((await runCli(['migrate', 'status', '--json'], env())).stdout) as Array<{ name: string; applied_at: string | null }>;
     expect(status.map((m) => m.name)).toEqual(NAMES);
     expect(status.every((m) => typeof m.applied_at === 'string')).toBe(true);
+  });
+
+  it('migrate rollback undoes the newest migration, status shows it pending, latest applies it again', SLOW, async () => {
     expect(JSON.parse((await runCli(['migrate', 'rollback', '--json'], env())).stdout)).toEqual({ reverted: [NEWEST] });
     expect((await runCli(['migrate', 'status'], env())).stdout.trim().split('\n').pop()).toBe(`pending  ${NEWEST}`);
     expect((await runCli(['migrate', 'latest'], env())).stdout.trim()).toBe(`applied ${NEWEST}`);
   });
 
-  it('seeds once, and makes keys that work with the API', async () => {
+  it('seeds once', SLOW, async () => {
     expect(JSON.parse((await runCli(['seed', '--json'], env())).stdout)).toEqual({ seeded: true });
     expect(JSON.parse((await runCli(['seed', '--json'], env())).stdout)).toEqual({ seeded: false });
+  });
+
+  // Made by the keys test, used against the server by the next one.
+  let customerKey = '';
+
+  it('makes a customer key, printed once with --json', SLOW, async () => {
     const created = JSON.parse((await runCli(['keys', 'create', '--role', 'customer', '--customer', '2', '--json'], env())).stdout);
     expect(created).toMatchObject({ role: 'customer', customer_id: 2 });
     expect(created.key).toMatch(/^dbk_/);
+    customerKey = created.key as string;
+  });
+
+  it('the key works with the API, and the cache commands ask the running server', SLOW, async () => {
+    expect(customerKey, 'the keys test ran first').toMatch(/^dbk_/);
     const s = await serve(env());
     try {
       // The cache commands ask the running server, so they work for the in-process cache too.
@@ -147,31 +207,43 @@ describe('databank CLI', () => {
       expect(stats.cache).toMatchObject({ kind: 'memory', namespace: 'databank:v1:', entries: 1 });
       const flushed = JSON.parse((await runCli(['cache', 'flush', '--prefix', 'account:', '--json', '--url', s.base], env())).stdout);
       expect(flushed).toEqual({ deleted: 1 });
-      const own = await fetch(`${s.base}/customers/2`, { headers: { authorization: `Bearer ${created.key}` } });
+      const own = await fetch(`${s.base}/customers/2`, { headers: { authorization: `Bearer ${customerKey}` } });
       expect(await own.json()).toEqual({ id: 2, name: 'Karen Johnson', date_of_birth: '1989-11-18', balance: 4853 });
-      const other = await fetch(`${s.base}/customers/3`, { headers: { authorization: `Bearer ${created.key}` } });
+      const other = await fetch(`${s.base}/customers/3`, { headers: { authorization: `Bearer ${customerKey}` } });
       expect(other.status).toBe(404);
     } finally {
       await s.stop();
     }
   });
 
-  it('refuses bad arguments with a message and a non-zero exit', async () => {
+  it('refuses a customer key without --customer, or for a customer that does not exist', SLOW, async () => {
     const noCustomer = await runCli(['keys', 'create', '--role', 'customer'], env());
     expect(noCustomer.code).toBe(1);
     expect(noCustomer.stderr).toContain('--customer is required with --role customer');
-    const badRole = await runCli(['keys', 'create', '--role', 'root'], env());
-    expect(badRole.code).not.toBe(0);
-    expect(badRole.stderr).toContain("argument 'root' is invalid");
     const missing = await runCli(['keys', 'create', '--role', 'customer', '--customer', '999'], env());
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('customer 999 does not exist');
+  });
+
+  it('refuses bad arguments with a message and a non-zero exit', SLOW, async () => {
+    const badRole = await runCli(['keys', 'create', '--role', 'root'], env());
+    expect(badRole.code).not.toBe(0);
+    expect(badRole.stderr).toContain("argument 'root' is invalid");
     const badName = await runCli(['migrate', 'make', 'Bad Name'], env());
     expect(badName.code).toBe(1);
     expect(badName.stderr).toContain('a migration name is 1 to 64 of a-z, 0-9 and _');
   });
 
-  it('stops at start on bad configuration, listing every bad variable', async () => {
+  it('cache commands say so when no server answers', SLOW, async () => {
+    const keyFile = join(dir, 'some-admin-key');
+    writeFileSync(keyFile, 'dbk_not_checked\n');
+    const url = `http://127.0.0.1:${await freePort()}`;
+    const r = await runCli(['cache', 'stats', '--url', url, '--key-file', keyFile], env());
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`databank: no databank server answers at ${url}`);
+  });
+
+  it('stops at start on bad configuration, listing every bad variable', SLOW, async () => {
     const r = await runCli(['serve'], { ...env(), PORT: 'x', LOG_LEVEL: 'loud' });
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('PORT: "x" is not a whole number');
@@ -191,13 +263,13 @@ describe.skipIf(!ENGINES.includes('postgres'))('databank serve against an empty 
     await db?.drop();
   });
 
-  it('does not migrate on boot by default, and says what to run', async () => {
+  it('does not migrate on boot by default, and says what to run', SLOW, async () => {
     await expect(serve({ DATABANK_DATA_DIR: dir, DATABASE_URL: db.url as string })).rejects.toThrow(
       `the database schema is behind by ${NAMES.length} migration(s) (${NAMES.join(', ')}): run \`databank migrate latest\`, or set MIGRATE_ON_BOOT=true`,
     );
   });
 
-  it('after `migrate latest`, the first start seeds the chapter data and makes an admin key; the second does neither', async () => {
+  it('after `migrate latest`, the first start seeds the chapter data and makes an admin key; the second does neither', SLOW, async () => {
     const env = { DATABANK_DATA_DIR: dir, DATABASE_URL: db.url as string };
     expect(JSON.parse((await runCli(['migrate', 'latest', '--json'], env)).stdout)).toEqual({ applied: NAMES });
     const first = await serve(env);
@@ -213,7 +285,7 @@ describe.skipIf(!ENGINES.includes('postgres'))('databank serve against an empty 
     expect(second.stderr).not.toContain('admin API key was created');
   });
 
-  it('DATABANK_DEMO_DATA=false starts with no customers', async () => {
+  it('DATABANK_DEMO_DATA=false starts with no customers', SLOW, async () => {
     const empty = await createTestDatabase('postgres', 'serve-postgres-empty');
     const emptyDir = mkdtempSync(join(tmpdir(), 'databank-serve-empty-'));
     try {

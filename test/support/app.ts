@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
-import { createApp, type App } from '../../src/app.ts';
+import { createApp, type App, type AppOptions } from '../../src/app.ts';
 import type { Config } from '../../src/config.ts';
 import { createTestDatabase, type EngineName, type TestDatabase } from './engines.ts';
 
@@ -56,6 +56,7 @@ export async function startTestApp(
   label: string,
   overrides: Partial<Config> = {},
   logger: Logger = pino({ level: 'silent' }),
+  appOptions: Omit<AppOptions, 'logger'> = {},
 ): Promise<TestApp> {
   const db = await createTestDatabase(engine, label);
   const config = testConfig(db, overrides);
@@ -65,7 +66,7 @@ export async function startTestApp(
   };
   let app: App;
   try {
-    app = await createApp(config, { logger, defaultMetrics: false });
+    app = await createApp(config, { defaultMetrics: false, ...appOptions, logger });
   } catch (err) {
     removeFiles();
     throw err;

@@ -1,14 +1,14 @@
-import type { FastifyInstance } from 'fastify';
-import { Type, type Static } from 'typebox';
+import { Type } from 'typebox';
 import { ACCOUNT_TYPES, CURRENCIES } from '../../domain/money.ts';
 import { principalOf } from '../auth.ts';
 import type { HttpDeps } from '../deps.ts';
-import { Account, COMMON_ERRORS, IdParams, limitOf, PageOf, PagingQuery, Timestamp } from '../schemas.ts';
+import { Account, COMMON_ERRORS, IdParams, limitOf, OneOf, PageOf, PagingQuery, Timestamp } from '../schemas.ts';
+import type { TypedApp } from '../typed-app.ts';
 
 const OpenBody = Type.Object(
   {
-    account_type: Type.Union(ACCOUNT_TYPES.map((t) => Type.Literal(t))),
-    currency: Type.Optional(Type.Union(CURRENCIES.map((c) => Type.Literal(c)))),
+    account_type: OneOf(ACCOUNT_TYPES),
+    currency: Type.Optional(OneOf(CURRENCIES)),
   },
   { additionalProperties: false },
 );
@@ -22,16 +22,13 @@ const Entry = Type.Object({
   created_at: Timestamp,
 });
 
-export async function accountRoutes(app: FastifyInstance, deps: HttpDeps): Promise<void> {
+/** Opening and reading accounts, and their ledger. */
+export async function accountRoutes(app: TypedApp, deps: HttpDeps): Promise<void> {
   app.post(
     '/customers/:id/accounts',
     { schema: { tags: ['accounts'], params: IdParams, body: OpenBody, response: { 201: Account, ...COMMON_ERRORS } } },
     async (request, reply) => {
-      const account = await deps.accounts.open(
-        principalOf(request),
-        Number((request.params as IdParams).id),
-        request.body as Static<typeof OpenBody>,
-      );
+      const account = await deps.accounts.open(principalOf(request), request.params.id, request.body);
       return reply.code(201).send(account);
     },
   );
@@ -40,7 +37,7 @@ export async function accountRoutes(app: FastifyInstance, deps: HttpDeps): Promi
     '/customers/:id/accounts',
     { schema: { tags: ['accounts'], params: IdParams, response: { 200: PageOf(Account), ...COMMON_ERRORS } } },
     async (request, reply) => {
-      const { value, cache } = await deps.accounts.listForCustomer(principalOf(request), Number((request.params as IdParams).id));
+      const { value, cache } = await deps.accounts.listForCustomer(principalOf(request), request.params.id);
       return reply.header('x-cache', cache).send(value);
     },
   );
@@ -49,7 +46,7 @@ export async function accountRoutes(app: FastifyInstance, deps: HttpDeps): Promi
     '/accounts/:id',
     { schema: { tags: ['accounts'], params: IdParams, response: { 200: Account, ...COMMON_ERRORS } } },
     async (request, reply) => {
-      const { value, cache } = await deps.accounts.getCached(principalOf(request), Number((request.params as IdParams).id));
+      const { value, cache } = await deps.accounts.getCached(principalOf(request), request.params.id);
       return reply.header('x-cache', cache).send(value);
     },
   );
@@ -66,11 +63,8 @@ export async function accountRoutes(app: FastifyInstance, deps: HttpDeps): Promi
       },
     },
     async (request) => {
-      const query = request.query as PagingQuery;
-      return deps.accounts.entries(principalOf(request), Number((request.params as IdParams).id), {
-        limit: limitOf(query),
-        cursor: query.cursor,
-      });
+      const { query } = request;
+      return deps.accounts.entries(principalOf(request), request.params.id, { limit: limitOf(query), cursor: query.cursor });
     },
   );
 }

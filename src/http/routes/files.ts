@@ -1,19 +1,19 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import multipart from '@fastify/multipart';
-import type { FastifyInstance } from 'fastify';
-import { Type, type Static } from 'typebox';
+import { Type } from 'typebox';
 import { DatabankError } from '../../domain/errors.ts';
 import { ALLOWED_TYPES } from '../../domain/file-types.ts';
 import { principalOf } from '../auth.ts';
 import type { HttpDeps } from '../deps.ts';
-import { COMMON_ERRORS, Cursor, ErrorBody, IdParams, Limit, limitOf, PageOf, Timestamp } from '../schemas.ts';
+import { COMMON_ERRORS, Cursor, ErrorBody, IdParams, Limit, limitOf, OneOf, PageOf, Timestamp } from '../schemas.ts';
 import { GONE, sendObject } from '../send-object.ts';
+import type { TypedApp } from '../typed-app.ts';
 
 const FileMeta = Type.Object({
   file_id: Type.Integer(),
   customer_id: Type.Integer(),
   filename: Type.String(),
-  content_type: Type.Union(ALLOWED_TYPES.map((t) => Type.Literal(t))),
+  content_type: OneOf(ALLOWED_TYPES),
   size: Type.Integer(),
   sha256: Type.String({ description: 'hex SHA-256 of the bytes; also the ETag of the content' }),
   created_at: Timestamp,
@@ -25,7 +25,7 @@ const UploadQuery = Type.Object(
 );
 const ListQuery = Type.Object(
   {
-    content_type: Type.Optional(Type.Union(ALLOWED_TYPES.map((t) => Type.Literal(t)))),
+    content_type: Type.Optional(OneOf(ALLOWED_TYPES)),
     limit: Type.Optional(Limit),
     cursor: Type.Optional(Cursor),
   },
@@ -46,7 +46,8 @@ const USER_CONTENT_HEADERS = {
   'cross-origin-resource-policy': 'same-origin',
 } as const;
 
-export async function fileRoutes(app: FastifyInstance, deps: HttpDeps): Promise<void> {
+/** Customer files: upload, list, describe, download and delete. */
+export async function fileRoutes(app: TypedApp, deps: HttpDeps): Promise<void> {
   const maxBytes = deps.files.maxUploadBytes;
   // Upload bodies are streamed to the store as they arrive, whatever their Content-Type: no parser
   // buffers them, and the type is told from the bytes.
@@ -72,8 +73,8 @@ export async function fileRoutes(app: FastifyInstance, deps: HttpDeps): Promise<
     },
     async (request, reply) => {
       const principal = principalOf(request);
-      const customerId = Number((request.params as IdParams).id);
-      const query = request.query as Static<typeof UploadQuery>;
+      const customerId = request.params.id;
+      const { query } = request;
       const isMultipart = request.isMultipart();
       const declared = request.headers['content-length'] === undefined ? null : Number(request.headers['content-length']);
       try {
@@ -91,7 +92,10 @@ export async function fileRoutes(app: FastifyInstance, deps: HttpDeps): Promise<
           if (query.filename === undefined) {
             throw new DatabankError('DATABANK_ERR_VALIDATION', 'a raw upload needs ?filename= (or send multipart/form-data)');
           }
-          return { filename: query.filename, body: (request.body as Readable | undefined) ?? request.raw };
+          // The catch-all parser hands the request stream over as the body; a request without a
+          // body has none, and its (empty) raw stream is read instead.
+          const body = request.body instanceof Readable ? request.body : request.raw;
+          return { filename: query.filename, body };
         });
         return await reply.code(201).header('location', `/files/${meta.file_id}`).send(meta);
       } catch (err) {
@@ -114,8 +118,8 @@ export async function fileRoutes(app: FastifyInstance, deps: HttpDeps): Promise<
       },
     },
     async (request) => {
-      const query = request.query as Static<typeof ListQuery>;
-      return deps.files.list(principalOf(request), Number((request.params as IdParams).id), {
+      const { query } = request;
+      return deps.files.list(principalOf(request), request.params.id, {
         contentType: query.content_type,
         limit: limitOf(query),
         cursor: query.cursor,
@@ -126,7 +130,7 @@ export async function fileRoutes(app: FastifyInstance, deps: HttpDeps): Promise<
   app.get(
     '/files/:id',
     { schema: { tags: ['files'], params: IdParams, response: { 200: FileMeta, ...COMMON_ERRORS } } },
-    async (request) => deps.files.get(principalOf(request), Number((request.params as IdParams).id)),
+    async (request) => deps.files.get(principalOf(request), request.params.id),
   );
 
   // GET and HEAD share the handler; HEAD is declared on its own so that it answers the GET's
@@ -146,7 +150,7 @@ export async function fileRoutes(app: FastifyInstance, deps: HttpDeps): Promise<
         response: { ...COMMON_ERRORS, 416: ErrorBody },
       },
       handler: async (request, reply) => {
-        const file = await deps.files.content(principalOf(request), Number((request.params as IdParams).id));
+        const file = await deps.files.content(principalOf(request), request.params.id);
         const sent = await sendObject(request, reply, {
           etag: file.meta.sha256,
           lastModified: file.lastModified,
@@ -157,7 +161,7 @@ export async function fileRoutes(app: FastifyInstance, deps: HttpDeps): Promise<
         });
         // The row is there but not its bytes: `databank files sweep` reports such rows.
         if (sent === GONE) throw new DatabankError('DATABANK_ERR_NOT_FOUND', 'the file content is missing');
-        return sent;
+        return reply;
       },
     });
   }
@@ -166,8 +170,9 @@ export async function fileRoutes(app: FastifyInstance, deps: HttpDeps): Promise<
     '/files/:id',
     { schema: { tags: ['files'], params: IdParams, response: { 204: Type.Null(), ...COMMON_ERRORS } } },
     async (request, reply) => {
-      await deps.files.delete(principalOf(request), Number((request.params as IdParams).id));
-      return reply.code(204).send();
+      await deps.files.delete(principalOf(request), request.params.id);
+      // The schema's 204 is null; Fastify sends a 204 without a body, Content-Type or Content-Length.
+      return reply.code(204).send(null);
     },
   );
 }

@@ -1,11 +1,11 @@
-import type { FastifyInstance } from 'fastify';
 import { DatabankError } from '../../domain/errors.ts';
 import { assertAdmin } from '../../services/access.ts';
 import { principalOf } from '../auth.ts';
 import type { HttpDeps } from '../deps.ts';
+import type { TypedApp } from '../typed-app.ts';
 
 /** Liveness and readiness, without authentication, for load balancers and orchestrators. */
-export async function healthRoutes(app: FastifyInstance, deps: HttpDeps): Promise<void> {
+export async function healthRoutes(app: TypedApp, deps: HttpDeps): Promise<void> {
   app.get('/healthz', { config: { public: true }, schema: { hide: true } }, async () => ({ status: 'ok' }));
 
   app.get('/readyz', { config: { public: true }, schema: { hide: true } }, async () => {

@@ -1,10 +1,10 @@
-import type { FastifyInstance } from 'fastify';
-import { Type, type Static } from 'typebox';
+import { Type } from 'typebox';
 import { isDatabankError } from '../../domain/errors.ts';
 import { principalOf } from '../auth.ts';
 import type { HttpDeps } from '../deps.ts';
 import { idempotent } from '../idempotent.ts';
 import { Amount, COMMON_ERRORS, ErrorBody, IDEMPOTENCY_HEADERS, IdParams, IdValue, Timestamp } from '../schemas.ts';
+import type { TypedApp } from '../typed-app.ts';
 
 const AmountBody = Type.Object({ amount: Amount }, { additionalProperties: false });
 const TransferBody = Type.Object(
@@ -43,7 +43,7 @@ const FeeResponse = Type.Object({
 const MONEY_ERRORS = { ...COMMON_ERRORS, 403: ErrorBody, 409: ErrorBody, 422: ErrorBody };
 
 /** Every route here moves money and accepts an `Idempotency-Key`. */
-export async function moneyRoutes(app: FastifyInstance, deps: HttpDeps): Promise<void> {
+export async function moneyRoutes(app: TypedApp, deps: HttpDeps): Promise<void> {
   for (const kind of ['deposits', 'withdrawals'] as const) {
     app.post(
       `/accounts/:id/${kind}`,
@@ -57,8 +57,8 @@ export async function moneyRoutes(app: FastifyInstance, deps: HttpDeps): Promise
         },
       },
       async (request, reply) => {
-        const id = Number((request.params as IdParams).id);
-        const { amount } = request.body as Static<typeof AmountBody>;
+        const { id } = request.params;
+        const { amount } = request.body;
         return idempotent(deps.idempotency, request, reply, 201, (claim) =>
           kind === 'deposits'
             ? deps.movements.deposit(principalOf(request), id, amount, claim)
@@ -79,7 +79,7 @@ export async function moneyRoutes(app: FastifyInstance, deps: HttpDeps): Promise
       },
     },
     async (request, reply) => {
-      const body = request.body as Static<typeof TransferBody>;
+      const { body } = request;
       try {
         const sent = await idempotent(deps.idempotency, request, reply, 201, (claim) =>
           deps.transfers.transfer(principalOf(request), body, claim),
@@ -105,7 +105,7 @@ export async function moneyRoutes(app: FastifyInstance, deps: HttpDeps): Promise
       },
     },
     async (request, reply) => {
-      const { amount, reference } = request.body as Static<typeof FeeBody>;
+      const { amount, reference } = request.body;
       return idempotent(deps.idempotency, request, reply, 200, (claim) =>
         deps.fees.charge(principalOf(request), amount, reference, claim),
       );

@@ -5,8 +5,14 @@ export interface CacheCapabilities {
 }
 
 export interface CacheStats {
+  /** Keys of this deployment (under the prefix asked for). */
   readonly entries: number;
+  /** Memory those keys take (Redis: MEMORY USAGE summed; in-process: the LRU's size); null if unknown. */
   readonly bytes: number | null;
+  /**
+   * Entries evicted to stay within bounds. In-process: this cache's own; Redis counts evictions
+   * for the whole server only, so on Redis this is the server's figure.
+   */
   readonly evictions: number;
 }
 
@@ -33,7 +39,7 @@ export interface CacheStore {
   /** Deletes every key starting with `prefix`; returns how many. */
   deletePrefix(prefix: string): Promise<number>;
   stats(prefix: string): Promise<CacheStats>;
-  /** Called with true when the store becomes reachable again after being unreachable. */
+  /** Calls `listener` each time the store becomes reachable again after being unreachable. */
   onReconnect(listener: () => void): void;
   close(): Promise<void>;
 }

@@ -76,12 +76,20 @@ export async function openRedisCache(options: RedisCacheOptions): Promise<CacheS
         cursor = next;
         for (const key of keys) seen.add(key);
       } while (cursor !== '0');
-      const entries = seen.size;
+      // The deployment's own bytes: what Redis holds for each of its keys (MEMORY USAGE, pipelined),
+      // not the whole server's used_memory, which other deployments and applications share.
+      let bytes = 0;
+      const keys = [...seen];
+      for (let i = 0; i < keys.length; i += 500) {
+        const pipeline = redis.pipeline();
+        for (const key of keys.slice(i, i + 500)) pipeline.call('MEMORY', 'USAGE', key);
+        for (const [err, used] of (await pipeline.exec()) ?? []) if (!err) bytes += Number(used ?? 0);
+      }
+      // Redis counts evictions per server only: this figure is the server's, said so in CacheStats.
       const info = await redis.info('stats');
-      const memory = await redis.info('memory');
       return {
-        entries,
-        bytes: Number(/used_memory:(\d+)/.exec(memory)?.[1] ?? NaN) || null,
+        entries: seen.size,
+        bytes: seen.size === 0 ? 0 : bytes || null,
         evictions: Number(/evicted_keys:(\d+)/.exec(info)?.[1] ?? 0),
       };
     },

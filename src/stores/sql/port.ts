@@ -25,3 +25,24 @@ export interface SqlStore {
   poolStats(): PoolStats;
   close(): Promise<void>;
 }
+
+/**
+ * The two database handles a service is given. `reader` answers reads made outside a transaction
+ * and may lag behind the primary (a replica, once one is configured); `writer` is the primary and
+ * takes every statement of a write transaction, every write, and every read whose answer decides a
+ * write or must see a row just written.
+ */
+export interface Db {
+  readonly reader: Kysely<Database>;
+  readonly writer: Kysely<Database>;
+}
+
+/**
+ * Both handles on one database: a process without replicas, and the CLI, which always talks to the
+ * primary.
+ *
+ * @example new ApiKeysService(primaryOnly(store.db))
+ */
+export function primaryOnly(db: Kysely<Database>): Db {
+  return Object.freeze({ reader: db, writer: db });
+}

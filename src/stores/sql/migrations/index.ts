@@ -2,6 +2,7 @@ import type { Migration } from 'kysely';
 import * as m0001 from './0001_initial.ts';
 import * as m0002 from './0002_transfer_function.ts';
 import * as m0003 from './0003_files.ts';
+import * as m0004 from './0004_amount_checks.ts';
 
 /**
  * Every migration, by name; names sort in the order they run. `databank migrate make NAME` adds
@@ -12,5 +13,6 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = {
   '0001_initial': m0001,
   '0002_transfer_function': m0002,
   '0003_files': m0003,
+  '0004_amount_checks': m0004,
   // databank:migrations (new migrations are added above this line)
 };

@@ -1,7 +1,10 @@
 import cliProgress from 'cli-progress';
 
+/** A progress bar of a long command (`site deploy`, `files sweep`), or nothing. */
 export interface Progress {
+  /** `done` of `total` (null: not known yet, the bar grows with `done`), `label` what is at hand. */
   update(done: number, total: number | null, label: string): void;
+  /** Leaves the bar as it is and gives the terminal back; safe to call when it never started. */
   stop(): void;
 }
 

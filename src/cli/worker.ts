@@ -1,0 +1,71 @@
+import type { Command } from 'commander';
+import { configOrExit } from './context.ts';
+import { stopOnSignals } from './shutdown.ts';
+
+/**
+ * `databank worker`: the background jobs without the HTTP API, until SIGTERM or SIGINT. Any number
+ * of copies may run against one PostgreSQL server: each schedule runs in one of them at a time
+ * (advisory lock). On the embedded engine the data directory belongs to one process, so there the
+ * jobs run inside `databank serve` instead.
+ */
+
+interface WorkerOpts {
+  readonly metricsPort?: number;
+}
+
+/** Registers `worker`. */
+export function register(program: Command): void {
+  program
+    .command('worker')
+    .description('run the background jobs without the HTTP API (any number of copies with DATABASE_URL)')
+    .option('--metrics-port <port>', 'also serve GET /metrics (admin key) and GET /healthz on HOST:<port>', port)
+    .action(work);
+}
+
+function port(value: string): number {
+  if (!/^[0-9]{1,5}$/.test(value) || Number(value) > 65535) throw new Error('expected a port from 0 to 65535');
+  return Number(value);
+}
+
+async function work(opts: WorkerOpts): Promise<void> {
+  const config = configOrExit();
+  const logger = (await import('../logger.ts')).createLogger(config.logLevel);
+  const { Closers } = await import('../closers.ts');
+  const { openSqlStore } = await import('../stores/sql/index.ts');
+  const { primaryOnly } = await import('../stores/sql/port.ts');
+  const { migrationStatus } = await import('../stores/sql/migrator.ts');
+  const { IdempotencyService } = await import('../services/idempotency.ts');
+  const { startWorkerHost } = await import('../workers/index.ts');
+  const { Registry } = await import('prom-client');
+  const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'));
+  const closers = new Closers();
+  closers.add('database', () => sql.close());
+  const registry = new Registry();
+  try {
+    await sql.ping(10_000);
+    const pending = (await migrationStatus(sql.db)).filter((m) => m.executedAt === null);
+    // Jobs written for a newer schema must not run on an older one.
+    if (pending.length > 0) {
+      throw new Error(`the database schema is behind by ${pending.length} migration(s): run \`databank migrate latest\``);
+    }
+    const db = primaryOnly(sql.db);
+    const host = startWorkerHost({ logger, sql, idempotency: new IdempotencyService(db), registry });
+    closers.add('workers', () => host.stop());
+    if (opts.metricsPort !== undefined) {
+      const { ApiKeysService } = await import('../services/api-keys.ts');
+      const { serveWorkerMetrics } = await import('./worker-metrics.ts');
+      const server = await serveWorkerMetrics(registry, new ApiKeysService(db), config.host, opts.metricsPort);
+      closers.add('metrics listener', () => server.close());
+      logger.info({ address: server.address }, 'worker metrics listening');
+    }
+    logger.info({ workers: host.states().map((s) => s.name) }, 'worker host started');
+  } catch (err) {
+    await closers.close().catch(() => undefined);
+    throw err;
+  }
+  stopOnSignals((onStep) => closers.close({ onStep }), {
+    timeoutMs: config.shutdownTimeoutMs,
+    log: logger,
+    message: 'stopping the workers',
+  });
+}

@@ -1,0 +1,215 @@
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createApp, type App } from '../../src/app.ts';
+import { createMetrics } from '../../src/http/metrics.ts';
+import { buildServer } from '../../src/http/server.ts';
+import { testConfig } from '../support/app.ts';
+import { createTestDatabase, ENGINES, type TestDatabase } from '../support/engines.ts';
+import { handleViolations, isWrite, QueryLog, type RecordedQuery } from '../support/recording-db.ts';
+
+/** What the cases learn as they go: the ids of what they made. */
+interface State {
+  customer: number;
+  account: number;
+  file: number;
+}
+
+type Method = 'GET' | 'HEAD' | 'POST' | 'PATCH' | 'DELETE';
+
+interface RouteCase {
+  readonly method: Method;
+  /** The route as registered, e.g. `/customers/:id`. */
+  readonly route: string;
+  readonly url: (s: State) => string;
+  readonly payload?: string | object;
+  readonly headers?: Record<string, string>;
+  readonly status: number;
+  /**
+   * `read`: at least one statement besides the key lookup, all on `reader`; `write`: at least one
+   * write, all statements of transactions on `writer`; `none`: no statement besides the key lookup.
+   */
+  readonly uses: 'read' | 'write' | 'none';
+  readonly learn?: (s: State, body: Record<string, unknown>) => void;
+}
+
+const key = (k: string) => ({ 'idempotency-key': k });
+const octets = { 'content-type': 'application/octet-stream' };
+const deposit = { method: 'POST', route: '/accounts/:id/deposits', url: (s: State) => `/accounts/${s.account}/deposits` } as const;
+const withdraw = { method: 'POST', route: '/accounts/:id/withdrawals', url: (s: State) => `/accounts/${s.account}/withdrawals` } as const;
+const transfer = { method: 'POST', route: '/transfers', url: () => '/transfers' } as const;
+const get = (route: string, url: (s: State) => string, uses: 'read' | 'none' = 'read'): RouteCase =>
+  ({ method: 'GET', route, url, status: 200, uses });
+
+/** Writes first (they make what the reads read), then every read, then the delete. */
+const WRITES: readonly RouteCase[] = [
+  {
+    method: 'POST', route: '/customers', url: () => '/customers', status: 201, uses: 'write',
+    payload: { name: 'Ada Lovelace', date_of_birth: '1990-12-10' },
+    learn: (s, b) => void (s.customer = b.id as number),
+  },
+  {
+    method: 'PATCH', route: '/customers/:id', url: (s) => `/customers/${s.customer}`, status: 200, uses: 'write',
+    payload: { name: 'Ada King' },
+  },
+  {
+    method: 'POST', route: '/customers/:id/accounts', url: (s) => `/customers/${s.customer}/accounts`, status: 201,
+    uses: 'write', payload: { account_type: 'checking' }, learn: (s, b) => void (s.account = b.account_id as number),
+  },
+  { ...deposit, payload: { amount: 1000 }, headers: key('dep-1'), status: 201, uses: 'write' },
+  // The replay: the claim fails, and the select that decides the answer must read the primary.
+  { ...deposit, payload: { amount: 1000 }, headers: key('dep-1'), status: 201, uses: 'write' },
+  { ...withdraw, payload: { amount: 400 }, headers: key('wd-1'), status: 201, uses: 'write' },
+  // A refusal is recorded under the key after the transaction rolled back.
+  { ...withdraw, payload: { amount: 1_000_000 }, headers: key('wd-2'), status: 409, uses: 'write' },
+  { ...transfer, payload: { from_account_id: 1, to_account_id: 2, amount: 100 }, headers: key('tr-1'), status: 201, uses: 'write' },
+  { ...transfer, payload: { from_account_id: 1, to_account_id: 2, amount: 50 }, status: 201, uses: 'write' },
+  {
+    method: 'POST', route: '/fees', url: () => '/fees', status: 200, uses: 'write',
+    payload: { amount: 1, reference: 'handles' }, headers: key('fee-1'),
+  },
+  {
+    method: 'POST', route: '/customers/:id/files', url: (s) => `/customers/${s.customer}/files?filename=note.txt`,
+    status: 201, uses: 'write', payload: 'hello, reader', headers: octets,
+    learn: (s, b) => void (s.file = b.file_id as number),
+  },
+];
+
+const GETS: readonly RouteCase[] = [
+  get('/customers', () => '/customers?born_after=1950-01-01'),
+  get('/customers/:id', (s) => `/customers/${s.customer}`),
+  get('/customers/:id/accounts', (s) => `/customers/${s.customer}/accounts`),
+  get('/customers/:id/files', (s) => `/customers/${s.customer}/files`),
+  get('/accounts/:id', (s) => `/accounts/${s.account}`),
+  get('/accounts/:id/entries', (s) => `/accounts/${s.account}/entries`),
+  get('/files/:id', (s) => `/files/${s.file}`),
+  get('/files/:id/content', (s) => `/files/${s.file}/content`),
+  get('/healthz', () => '/healthz', 'none'),
+  get('/readyz', () => '/readyz', 'none'),
+  get('/metrics', () => '/metrics', 'none'),
+  get('/openapi.json', () => '/openapi.json', 'none'),
+  get('/cache/stats', () => '/cache/stats', 'none'),
+];
+
+const CASES: readonly RouteCase[] = [
+  ...WRITES,
+  // Every GET route answers HEAD too, through the same handler (or, for file content, its own).
+  ...GETS.flatMap((c) => [c, { ...c, method: 'HEAD' as const }]),
+  { method: 'POST', route: '/cache/flush', url: () => '/cache/flush', payload: {}, status: 200, uses: 'none' },
+  { method: 'DELETE', route: '/files/:id', url: (s) => `/files/${s.file}`, status: 204, uses: 'write' },
+];
+
+/**
+ * `METHOD /path` of every route the server registers, as Fastify's `onRoute` hook reports them
+ * (HEAD routes added for GET routes included): a second server over the same services, with
+ * metrics of its own because metric names are registered once per registry.
+ */
+async function registeredRoutes(app: App): Promise<Set<string>> {
+  const routes = new Set<string>();
+  const deps = { ...app.deps, metrics: createMetrics(() => app.sql.poolStats(), { defaultMetrics: false }) };
+  const server = await buildServer(deps, {
+    logger: pino({ level: 'silent' }),
+    onRoute: (route) => {
+      for (const method of [route.method].flat()) routes.add(`${method} ${route.url}`);
+    },
+  });
+  await server.ready();
+  await server.close();
+  return routes;
+}
+
+const TITLES = { write: 'writes on writer', read: 'reads on reader', none: 'no statement but the key lookup' } as const;
+
+const isKeyLookup = (q: RecordedQuery) => /from "api_keys"/.test(q.sql) && !isWrite(q.sql);
+
+/** What breaks "a GET reads `reader` only, outside any transaction". */
+function readOnlyViolations(queries: readonly RecordedQuery[]): string[] {
+  return queries
+    .filter((q) => q.handle !== 'reader' || q.viaTransaction || q.duringTransactionOf !== null || isWrite(q.sql))
+    .map((q) => `${q.handle}${q.viaTransaction ? ' (transaction)' : ''}: ${q.sql}`);
+}
+
+for (const engine of ENGINES) {
+  describe(`database handles on ${engine}`, () => {
+    const log = new QueryLog();
+    const state: State = { customer: 0, account: 0, file: 0 };
+    let db: TestDatabase;
+    let app: App;
+    let admin: Record<string, string>;
+
+    beforeAll(async () => {
+      db = await createTestDatabase(engine, `db-handles-${engine}`);
+      app = await createApp(testConfig(db), { logger: pino({ level: 'silent' }), defaultMetrics: false, wrapDb: log.wrapDb });
+      admin = { authorization: `Bearer ${app.bootstrapped?.adminKey}` };
+    });
+    afterAll(async () => {
+      await app?.close();
+      await db?.drop();
+    });
+
+    it('bootstrap decides and writes on writer, in one transaction', () => {
+      const queries = log.take();
+      expect(queries.length).toBeGreaterThan(0);
+      expect(handleViolations(queries)).toEqual([]);
+      expect(queries.filter((q) => q.handle !== 'writer' || !q.viaTransaction)).toEqual([]);
+    });
+
+    it('has a case for every registered route, and no case for a route that is gone', async () => {
+      const registered = await registeredRoutes(app);
+      expect(registered.size).toBeGreaterThan(20);
+      const covered = new Set(CASES.map((c) => `${c.method} ${c.route}`));
+      expect([...registered].filter((r) => !covered.has(r)).sort()).toEqual([]);
+      expect([...covered].filter((r) => !registered.has(r)).sort()).toEqual([]);
+    });
+
+    for (const c of CASES) {
+      it(`${c.method} ${c.route} → ${c.status}: ${TITLES[c.uses]}`, async () => {
+        // A cached answer would read nothing: start each case from an empty cache.
+        await app.deps.cache.flush('');
+        log.take();
+        const res = await app.http.inject({
+          method: c.method,
+          url: c.url(state),
+          headers: { ...admin, ...c.headers },
+          ...(c.payload === undefined ? {} : { payload: c.payload }),
+        });
+        expect(res.statusCode, res.body).toBe(c.status);
+        if (c.method !== 'HEAD' && c.learn) c.learn(state, res.json());
+        const queries = log.take();
+        expect(handleViolations(queries)).toEqual([]);
+        if (c.uses === 'write') {
+          expect(queries.filter((q) => isWrite(q.sql) && q.handle === 'writer').length).toBeGreaterThan(0);
+          // Nothing of a write route reads `reader` except the key lookup of authentication.
+          expect(queries.filter((q) => q.handle === 'reader' && !isKeyLookup(q)).map((q) => q.sql)).toEqual([]);
+        } else {
+          expect(readOnlyViolations(queries)).toEqual([]);
+          const work = queries.filter((q) => !isKeyLookup(q));
+          if (c.uses === 'read') expect(work.length).toBeGreaterThan(0);
+          else expect(work.map((q) => q.sql)).toEqual([]);
+        }
+      });
+    }
+
+    it('the checks fail when the handles are swapped', async () => {
+      log.mislabel = true;
+      try {
+        log.take();
+        const created = await app.http.inject({
+          method: 'POST',
+          url: '/customers',
+          headers: admin,
+          payload: { name: 'Swapped Handles', date_of_birth: '1970-01-01' },
+        });
+        expect(created.statusCode).toBe(201);
+        expect(handleViolations(log.take())).toEqual(
+          expect.arrayContaining([expect.stringMatching(/^write through reader: insert into "customers"/)]),
+        );
+        await app.deps.cache.flush('');
+        const read = await app.http.inject({ method: 'GET', url: `/customers/${created.json().id}`, headers: admin });
+        expect(read.statusCode).toBe(200);
+        expect(readOnlyViolations(log.take()).length).toBeGreaterThan(0);
+      } finally {
+        log.mislabel = false;
+      }
+    });
+  });
+}
