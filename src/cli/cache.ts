@@ -12,7 +12,7 @@ export function register(program: Command): void {
   const cache = program
     .command('cache')
     .description("the running server's key-value cache (asks the server, so it works for the in-process cache too)");
-  withServerOptions(cache.command('stats').description('entries, bytes and evictions of this deployment')).action(
+  withServerOptions(cache.command('stats').description("this deployment's entries and their bytes, and evictions (on Redis, the whole server's)")).action(
     async (opts: ServerOptions) => {
       const body = (await callServer(opts, 'GET', '/cache/stats')) as { cache: Record<string, unknown> | null };
       printResult(opts, body, () => (body.cache ? table(body.cache) : 'the cache is off (DATABANK_CACHE=off)'));

@@ -376,12 +376,18 @@ for (const engine of ENGINES) {
 
     describe('listing', () => {
       let customer: number;
+      /** A customer of this block's own with no files, whatever other tests upload. */
+      let noFiles: number;
       const files: FileMeta[] = [];
 
       beforeAll(async () => {
-        const res = await inject('POST', '/customers', { ...t.admin, 'content-type': 'application/json' }, JSON.stringify({ name: 'Lister', date_of_birth: '1990-01-01' }));
-        expect(res.statusCode).toBe(201);
-        customer = res.json<{ id: number }>().id;
+        const newCustomer = async (name: string) => {
+          const res = await inject('POST', '/customers', { ...t.admin, 'content-type': 'application/json' }, JSON.stringify({ name, date_of_birth: '1990-01-01' }));
+          expect(res.statusCode).toBe(201);
+          return res.json<{ id: number }>().id;
+        };
+        customer = await newCustomer('Lister');
+        noFiles = await newCustomer('Nofiles');
         files.push(await created(customer, Buffer.from('first\n'), 'a.txt'));
         files.push(await created(customer, COVER, 'b.png'));
         files.push(await created(customer, Buffer.from('third\n'), 'c.txt'));
@@ -393,7 +399,7 @@ for (const engine of ENGINES) {
         const res = await inject('GET', `/customers/${customer}/files`);
         expect(res.statusCode).toBe(200);
         expect(res.json()).toEqual({ result: [...files].reverse() });
-        const empty = await inject('GET', '/customers/3/files');
+        const empty = await inject('GET', `/customers/${noFiles}/files`);
         expect([empty.statusCode, empty.json()]).toEqual([200, { result: [] }]);
       });
 
@@ -448,6 +454,9 @@ for (const engine of ENGINES) {
       beforeAll(async () => {
         file = await created(1, COVER, 'served.png');
         url = `/files/${file.file_id}/content`;
+        // Every test below reads the validator itself; the first test checks its exact value.
+        const res = await inject('GET', url);
+        lastModified = res.headers['last-modified'] as string;
       });
 
       it('GET /files/:id describes the file; /content sends identical bytes with validators', async () => {
@@ -464,7 +473,7 @@ for (const engine of ENGINES) {
         expect(res.headers['x-content-type-options']).toBe('nosniff');
         expect(res.headers['content-security-policy']).toBe("default-src 'none'; sandbox");
         expect(res.headers['cache-control']).toBe('private, no-cache');
-        lastModified = res.headers['last-modified'] as string;
+        expect(res.headers['last-modified']).toBe(lastModified);
         expect(new Date(lastModified).toUTCString()).toBe(lastModified);
         expect(Date.parse(lastModified)).toBe(Math.floor(Date.parse(file.created_at) / 1000) * 1000);
       });
@@ -789,11 +798,12 @@ for (const engine of ENGINES) {
       const binaryOver = Buffer.concat([COVER.subarray(0, 8), Buffer.alloc(LIMIT - 7)]);
       expect(binaryOver.length).toBe(LIMIT + 1);
 
+      const before = (await storeKeys()).length;
       const ok = await raw(exact);
       expect(ok.statusCode, ok.body).toBe(201);
       expect(ok.json()).toMatchObject({ size: LIMIT, sha256: sha256(exact) });
       const keys = await storeKeys();
-      expect(keys).toHaveLength(1);
+      expect(keys).toHaveLength(before + 1);
 
       for (const [what, payload, headers] of [
         ['raw, with Content-Length', over, {}],
@@ -826,7 +836,7 @@ for (const engine of ENGINES) {
         });
         expect([body.length, ...errorOf(res)], res.body).toEqual([body.length, 413, 'DATABANK_ERR_PAYLOAD_TOO_LARGE']);
       }
-      expect((await storeKeys()).length).toBe(2);
+      expect((await storeKeys()).length).toBe(before + 2);
       const store = t.app.config.files.store;
       if (store.kind === 'local') expect(readdirSync(join(store.dir, 'tmp'))).toEqual([]);
     });
@@ -898,17 +908,18 @@ for (const engine of ENGINES) {
 }
 
 describe('databank files sweep and site deploy (CLI, PGlite)', () => {
-  let dir: string;
-  const env = () => ({ DATABANK_DATA_DIR: dir, DATABANK_SITE_DIR: 'none' });
+  let root: string;
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), 'databank-files-cli-'));
+    root = await mkdtemp(join(tmpdir(), 'databank-files-cli-'));
   });
   afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
+    await rm(root, { recursive: true, force: true });
   });
 
   it('files sweep --json reports and removes orphans, and reports missing objects', async () => {
+    const dir = join(root, 'sweep');
+    const env = { DATABANK_DATA_DIR: dir, DATABANK_SITE_DIR: 'none' };
     // The server's data, made in this process; closed before the CLI runs, so PGlite is free.
     const t = await startTestApp('pglite', 'files-cli', {
       sql: { kind: 'pglite', dataDir: join(dir, 'pglite') },
@@ -919,51 +930,58 @@ describe('databank files sweep and site deploy (CLI, PGlite)', () => {
       for await (const object of t.app.files.list('files/')) keys.push(object.key);
       return keys;
     };
-    let fileId: number;
-    let fileKey: string;
+    const uploaded: Array<{ fileId: number; key: string }> = [];
     const orphan = `files/${randomUUID()}`;
     try {
-      const res = await t.app.http.inject({
-        method: 'POST',
-        url: '/customers/1/files?filename=kept.txt',
-        headers: { ...t.admin, 'content-type': 'text/plain' },
-        payload: 'kept\n',
-      });
-      expect(res.statusCode).toBe(201);
-      fileId = res.json<FileMeta>().file_id;
-      [fileKey = ''] = await keysOf();
+      for (const name of ['kept.txt', 'lost.txt']) {
+        const before = await keysOf();
+        const res = await t.app.http.inject({
+          method: 'POST',
+          url: `/customers/1/files?filename=${name}`,
+          headers: { ...t.admin, 'content-type': 'text/plain' },
+          payload: `${name}\n`,
+        });
+        expect(res.statusCode).toBe(201);
+        const [key = ''] = (await keysOf()).filter((k) => !before.includes(k));
+        uploaded.push({ fileId: res.json<FileMeta>().file_id, key });
+      }
       await t.app.files.put(orphan, Buffer.from('orphan'), { contentType: 'text/plain' });
     } finally {
       await t.close();
     }
+    const [kept, lost] = uploaded as [{ fileId: number; key: string }, { fileId: number; key: string }];
+    const objects = () => readdirSync(join(dir, 'files', 'objects')).map(decodeURIComponent).sort();
 
-    const dry = await runCli(['files', 'sweep', '--dry-run', '--grace-seconds', '0', '--json'], env());
+    const dry = await runCli(['files', 'sweep', '--dry-run', '--grace-seconds', '0', '--json'], env);
     expect(dry.code, dry.stderr).toBe(0);
-    expect(JSON.parse(dry.stdout)).toEqual({ orphanObjects: [orphan], missingObjects: [], objectsSeen: 2, rowsSeen: 1 });
-    expect(readdirSync(join(dir, 'files', 'objects')).map(decodeURIComponent).sort()).toEqual([fileKey, orphan].sort());
+    expect(JSON.parse(dry.stdout)).toEqual({ orphanObjects: [orphan], missingObjects: [], objectsSeen: 3, rowsSeen: 2 });
+    expect(objects()).toEqual([kept.key, lost.key, orphan].sort());
 
-    const young = await runCli(['files', 'sweep', '--json'], env());
-    expect(JSON.parse(young.stdout)).toEqual({ orphanObjects: [], missingObjects: [], objectsSeen: 2, rowsSeen: 1 });
+    const young = await runCli(['files', 'sweep', '--json'], env);
+    expect(young.code, young.stderr).toBe(0);
+    expect(JSON.parse(young.stdout)).toEqual({ orphanObjects: [], missingObjects: [], objectsSeen: 3, rowsSeen: 2 });
+    expect(objects()).toEqual([kept.key, lost.key, orphan].sort());
 
-    const real = await runCli(['files', 'sweep', '--grace-seconds', '0', '--json'], env());
-    expect(real.code, real.stderr).toBe(0);
-    expect(JSON.parse(real.stdout)).toEqual({ orphanObjects: [orphan], missingObjects: [], objectsSeen: 2, rowsSeen: 1 });
-    expect(readdirSync(join(dir, 'files', 'objects')).map(decodeURIComponent)).toEqual([fileKey]);
-
-    rmSync(join(dir, 'files', 'objects', encodeURIComponent(fileKey)));
-    const missing = await runCli(['files', 'sweep', '--grace-seconds', '0', '--json'], env());
-    expect(JSON.parse(missing.stdout)).toEqual({
-      orphanObjects: [],
-      missingObjects: [{ file_id: fileId, object_key: fileKey }],
-      objectsSeen: 0,
-      rowsSeen: 1,
+    // One run both removes the orphan and reports the file whose object went missing; the file
+    // that has its object is left alone.
+    rmSync(join(dir, 'files', 'objects', encodeURIComponent(lost.key)));
+    const real = await runCli(['files', 'sweep', '--grace-seconds', '0', '--json'], env);
+    expect(JSON.parse(real.stdout)).toEqual({
+      orphanObjects: [orphan],
+      missingObjects: [{ file_id: lost.fileId, object_key: lost.key }],
+      objectsSeen: 2,
+      rowsSeen: 2,
     });
+    expect(objects()).toEqual([kept.key]);
     // Rows without an object make the command fail, so that a scheduled run is noticed.
-    expect(missing.code, missing.stderr).toBe(3);
+    expect(real.code, real.stderr).toBe(3);
   }, 180_000);
 
   it('site deploy DIR --json uploads only what changed and removes what is gone', async () => {
-    const src = join(dir, 'site-src');
+    // A data dir of this test's own: site deploy uses only the file store.
+    const dir = join(root, 'site');
+    const env = () => ({ DATABANK_DATA_DIR: dir, DATABANK_SITE_DIR: 'none' });
+    const src = join(root, 'site-src');
     mkdirSync(join(src, 'docs'), { recursive: true });
     const page = (title: string) => `<!doctype html><title>${title}</title>\n${'<p>Lorem ipsum dolor sit amet.</p>\n'.repeat(20)}`;
     writeFileSync(join(src, 'index.html'), page('home'));

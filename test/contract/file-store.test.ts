@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, rmdirSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -308,7 +308,12 @@ describe.each(IMPLEMENTATIONS)('file store contract on $kind', (impl) => {
         yield chunk;
       }
     }
-    // On S3 the uploads folder appears with the first multipart upload; this test makes the first.
+    // On S3 the uploads folder appears with a multipart upload: this test starts without one (an
+    // earlier test's upload leaves it empty), so that its reappearing proves this put went in parts.
+    if (opened.uploadsDir && existsSync(opened.uploadsDir)) {
+      expect(await readdir(opened.uploadsDir)).toEqual([]);
+      rmdirSync(opened.uploadsDir);
+    }
     if (opened.uploadsDir) expect(existsSync(opened.uploadsDir)).toBe(false);
     expect(await store.put('multi/20mib', Readable.from(body()), { contentType: 'application/octet-stream', metadata: { parts: '3' } })).toEqual({
       size: chunks * MiB,

@@ -1,8 +1,6 @@
-import { execFile } from 'node:child_process';
 import { accessSync, chmodSync, chownSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../src/config.ts';
@@ -11,14 +9,13 @@ import { openSqlStore } from '../../src/stores/sql/index.ts';
 import type { SqlStore } from '../../src/stores/sql/index.ts';
 import { DatabaseConnectError } from '../../src/stores/sql/postgres.ts';
 import { freePort } from '../support/cli.ts';
+import { adoptGroup, killGroup, runProcess } from '../support/processes.ts';
 
 /**
  * End to end TLS against a real PostgreSQL 15 server: a throwaway cluster with a certificate from a
  * private CA (SAN DNS:localhost only), reached through loadConfig → openSqlStore → ping, the way the
  * service does it. The machine's own cluster (port 5432) is never touched.
  */
-
-const execFileAsync = promisify(execFile);
 
 const PG_BIN = '/usr/lib/postgresql/15/bin';
 const OPENSSL = '/usr/bin/openssl';
@@ -69,12 +66,12 @@ if (missing.length > 0) {
 async function pgTool(tool: string, args: readonly string[], cwd: string): Promise<string> {
   const path = join(PG_BIN, tool);
   const [file, argv] = AS_ROOT ? [RUNUSER, ['-u', 'postgres', '--', path, ...args]] : [path, [...args]];
-  const { stdout } = await execFileAsync(file, argv, { cwd, timeout: 30_000 });
+  const { stdout } = await runProcess(file, argv, { cwd, timeoutMs: 30_000, check: true, what: tool });
   return stdout;
 }
 
 async function openssl(args: readonly string[], cwd: string): Promise<void> {
-  await execFileAsync(OPENSSL, [...args], { cwd, timeout: 30_000 });
+  await runProcess(OPENSSL, args, { cwd, timeoutMs: 30_000, check: true, what: `openssl ${args[0] ?? ''}` });
 }
 
 /** A CA: key plus self-signed certificate. */
@@ -139,11 +136,20 @@ async function makeServerCert(dir: string, ca: string): Promise<{ cert: string; 
   return { cert: join(dir, 'server.crt'), key: join(dir, 'server.key') };
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
+/** The postmaster's pid, from the pid file it writes first thing and removes last; null without one. */
+function postmasterPid(dataDir: string): number | null {
+  try {
+    const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+    return Number.isInteger(pid) && pid > 0 ? pid : null;
+  } catch {
+    return null;
+  }
 }
 
-/** Stops the throwaway cluster; if pg_ctl cannot, signals its postmaster (a process this suite started). */
+/**
+ * Stops the throwaway cluster; if pg_ctl cannot, kills its postmaster's process group (pg_ctl
+ * makes the postmaster the leader of a group of its own, which its backends share).
+ */
 async function stopCluster(cwd: string, dataDir: string): Promise<void> {
   // The postmaster writes its pid file first thing and removes it last: no file, no server.
   if (!existsSync(join(dataDir, 'postmaster.pid'))) return;
@@ -153,12 +159,8 @@ async function stopCluster(cwd: string, dataDir: string): Promise<void> {
   } catch (err) {
     console.warn(`pg_ctl stop failed: ${String(err)}`);
   }
-  try {
-    const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-    if (Number.isInteger(pid) && pid > 0) process.kill(pid, 'SIGQUIT');
-  } catch {
-    // No pid file: no postmaster left to stop.
-  }
+  const pid = postmasterPid(dataDir);
+  if (pid !== null) killGroup(pid);
 }
 
 function readLog(path: string): string {
@@ -232,13 +234,17 @@ describe.skipIf(missing.length > 0)('PostgreSQL over TLS (throwaway cluster)', (
     } catch (err) {
       throw new Error(`pg_ctl start failed (${String(err)}):\n${readLog(logFile)}`);
     }
+    // The cluster goes when the file ends or the test process exits, even if afterAll cannot run.
+    const pid = postmasterPid(dataDir);
+    if (pid !== null) adoptGroup(pid, 'file');
 
     // Readiness of the TCP listener: pg_isready, bounded; a dead postmaster ends the wait early.
     const deadline = Date.now() + 20_000;
     for (;;) {
       try {
-        await execFileAsync(join(PG_BIN, 'pg_isready'), ['-h', '127.0.0.1', '-p', String(port), '-t', '2'], {
-          timeout: 5_000,
+        await runProcess(join(PG_BIN, 'pg_isready'), ['-h', '127.0.0.1', '-p', String(port), '-t', '2'], {
+          timeoutMs: 5_000,
+          check: true,
         });
         break;
       } catch {
@@ -246,7 +252,7 @@ describe.skipIf(missing.length > 0)('PostgreSQL over TLS (throwaway cluster)', (
         if (postmasterGone || Date.now() > deadline) {
           throw new Error(`throwaway PostgreSQL on port ${port} did not start:\n${readLog(logFile)}`);
         }
-        await sleep(100);
+        await new Promise((resolve) => setTimeout(resolve, 100));
       }
     }
   }, 60_000);

@@ -34,7 +34,7 @@ describe('the S3 file store crashes and restarts under uploads', () => {
     });
     await t.app.http.listen({ host: '127.0.0.1', port: 0 });
     base = `http://127.0.0.1:${(t.app.http.server.address() as AddressInfo).port}`;
-  }, 60_000);
+  });
   afterAll(async () => {
     await t?.close();
     await server?.stop();

@@ -5,12 +5,13 @@ import { pipeline } from 'node:stream/promises';
 import { Readable, Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { localFiles, startTestApp, type TestApp } from '../support/app.ts';
+import { STREAM_BYTES, STREAM_LABEL } from '../support/large.ts';
 
 const MiB = 1024 * 1024;
-const TOTAL = 1024 * MiB;
+const TOTAL = STREAM_BYTES;
 const LIMIT = 100 * MiB;
 
-/** 1 GiB of text, one deterministic 1 MiB chunk at a time (text, so the whole stream is checked). */
+/** TOTAL bytes of text (256 MiB, or 1 GiB with DATABANK_TEST_LARGE=1), one deterministic 1 MiB chunk at a time (text, so the whole stream is checked). */
 function* chunks(): Generator<Buffer> {
   const line = Buffer.from('databank streams this file through in bounded memory.\n'.padEnd(64, '.'));
   for (let i = 0; i < TOTAL / MiB; i++) {
@@ -37,11 +38,11 @@ async function peakRss<T>(work: (sample: () => void) => Promise<T>): Promise<{ r
 }
 
 /**
- * A 1 GiB upload and download through the whole HTTP path (socket → Fastify → type check and
+ * A 256 MiB (1 GiB with DATABANK_TEST_LARGE=1) upload and download through the whole HTTP path (socket → Fastify → type check and
  * hashing → the local store, and back) grow the process (client and server both) by less than
  * 100 MiB.
  */
-describe('a 1 GiB file through the HTTP API', () => {
+describe(`a ${STREAM_LABEL} file through the HTTP API`, () => {
   let t: TestApp;
   let base: string;
   beforeAll(async () => {
@@ -50,12 +51,12 @@ describe('a 1 GiB file through the HTTP API', () => {
     });
     await t.app.http.listen({ host: '127.0.0.1', port: 0 });
     base = `http://127.0.0.1:${(t.app.http.server.address() as AddressInfo).port}`;
-  }, 60_000);
+  });
   afterAll(async () => {
     await t?.close();
   });
 
-  it('uploads and downloads 1 GiB with peak RSS growth under 100 MiB', async () => {
+  it(`uploads and downloads ${STREAM_LABEL} with peak RSS growth under 100 MiB`, async () => {
     const expected = createHash('sha256');
     for (const c of chunks()) expected.update(c);
     const digest = expected.digest('hex');
@@ -108,7 +109,7 @@ describe('a 1 GiB file through the HTTP API', () => {
     const downGrowth = down.peak - downBaseline;
 
     console.log(
-      `large-upload: 1 GiB up, peak RSS growth ${(upGrowth / MiB).toFixed(1)} MiB; ` +
+      `large-upload: ${STREAM_LABEL} up, peak RSS growth ${(upGrowth / MiB).toFixed(1)} MiB; ` +
         `down, ${(downGrowth / MiB).toFixed(1)} MiB`,
     );
     expect(upGrowth).toBeLessThan(LIMIT);

@@ -1,4 +1,3 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { once } from 'node:events';
 import { createServer, connect, type Server, type Socket } from 'node:net';
@@ -11,6 +10,7 @@ import { startTestApp, type TestApp } from '../support/app.ts';
 import { checkLedger } from '../support/invariants.ts';
 import { rng } from '../support/random.ts';
 import { freePort } from '../support/cli.ts';
+import { spawnTracked, type Spawned } from '../support/processes.ts';
 
 /**
  * The cache must never be a reason for an error or a stale answer: with its Redis killed,
@@ -57,30 +57,28 @@ async function until(what: string, condition: () => Promise<boolean> | boolean, 
   throw new Error(`timed out waiting until ${what}`);
 }
 
-/** This file's redis-server: no persistence, loopback only. */
+/**
+ * This file's redis-server: no persistence, loopback only, in a process group of its own that is
+ * killed when the file ends (it is restarted inside one test and used by the next ones).
+ */
 class RedisChild {
-  private child: ChildProcess | null = null;
-  private output = '';
+  private proc: Spawned | null = null;
   constructor(readonly port: number) {}
 
   async start(): Promise<void> {
-    if (this.child) throw new Error('redis-server already running');
-    const child = spawn(
-      REDIS_SERVER,
-      ['--save', '', '--appendonly', 'no', '--port', String(this.port), '--bind', '127.0.0.1'],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    this.child = child;
-    this.output = '';
-    child.stdout?.on('data', (d: Buffer) => (this.output += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (this.output += d.toString()));
-    child.on('exit', () => {
-      if (this.child === child) this.child = null;
+    if (this.proc) throw new Error('redis-server already running');
+    const proc = spawnTracked(REDIS_SERVER, ['--save', '', '--appendonly', 'no', '--port', String(this.port), '--bind', '127.0.0.1'], {
+      what: `redis-server on port ${this.port}`,
+      lifetime: 'file',
+    });
+    this.proc = proc;
+    void proc.exited.then(() => {
+      if (this.proc === proc) this.proc = null;
     });
     await until(
       `redis-server answers PING on port ${this.port}`,
       async () => {
-        if (this.child !== child) throw new Error(`redis-server exited at start:\n${this.output}`);
+        if (this.proc !== proc) throw new Error(`redis-server exited at start:\n${proc.output()}`);
         return answersPing(this.port);
       },
       200,
@@ -88,18 +86,16 @@ class RedisChild {
     );
   }
 
-  /** SIGKILL, then wait for the exit event. */
+  /** SIGKILL to its process group, then wait for the exit. */
   async kill(): Promise<void> {
-    const child = this.child;
-    if (!child) return;
-    const exited = once(child, 'exit');
-    child.kill('SIGKILL');
-    await exited;
-    this.child = null;
+    const proc = this.proc;
+    if (!proc) return;
+    await proc.kill('SIGKILL');
+    this.proc = null;
   }
 
   signal(signal: 'SIGSTOP' | 'SIGCONT'): void {
-    if (!this.child?.kill(signal)) throw new Error(`could not send ${signal} to redis-server`);
+    if (!this.proc?.child.kill(signal)) throw new Error(`could not send ${signal} to redis-server`);
   }
 }
 

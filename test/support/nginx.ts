@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { REQUIRE_SERVICES } from './engines.ts';
 import { freePort } from './cli.ts';
+import { spawnTracked } from './processes.ts';
 
 /**
  * A real nginx in front of a test app, run from the shipped `deploy/cdn/nginx.conf` with only
@@ -194,43 +195,27 @@ async function startOnce(bin: string, source: string, upstreamPort: number, port
   const configuredPid = /^\s*pid\s+([^;\s]+)\s*;/m.exec(text)?.[1];
   const pidFile = configuredPid ?? join(dir, 'nginx.pid');
   const globals = configuredPid ? 'daemon off;' : `daemon off; pid ${pidFile};`;
-  const child: ChildProcess = spawn(bin, ['-p', `${dir}/`, '-c', configFile, '-e', startupLog, '-g', globals], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  // Its own process group (master and workers), killed when the test or file that started it ends.
+  const proc = spawnTracked(bin, ['-p', `${dir}/`, '-c', configFile, '-e', startupLog, '-g', globals], { what: 'nginx' });
+  const { child } = proc;
   const ownsPidFile = () => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() === String(child.pid);
-  let output = '';
-  child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
   let exited: { code: number | null; signal: NodeJS.Signals | null } | null = null;
-  const exit = new Promise<void>((resolveExit) => {
-    child.once('exit', (code, signal) => {
-      exited = { code, signal };
-      resolveExit();
-    });
+  const exit = proc.exited.then((e) => {
+    exited = e;
   });
-  child.once('error', (err) => {
-    output += `spawn failed: ${err.message}\n`;
-  });
-
-  // Should the test process end without stop() (a crash, an interrupted run), nginx goes too:
-  // SIGTERM makes the master stop its workers before it exits.
-  const onExit = () => {
-    if (!exited) child.kill('SIGTERM');
-  };
-  process.once('exit', onExit);
 
   const stop = async () => {
-    process.removeListener('exit', onExit);
     if (!exited && child.pid !== undefined) {
+      // A graceful stop first (the cache manager flushes, workers finish), then the whole group.
       for (const [signal, waitMs] of [
         ['SIGQUIT', 5_000],
         ['SIGTERM', 5_000],
-        ['SIGKILL', 5_000],
       ] as const) {
         if (exited) break;
         child.kill(signal);
         await Promise.race([exit, sleep(waitMs, undefined, { ref: false })]);
       }
+      await proc.kill();
     }
     rmSync(dir, { recursive: true, force: true });
   };
@@ -246,7 +231,7 @@ async function startOnce(bin: string, source: string, upstreamPort: number, port
   const why = exited
     ? `nginx exited (${JSON.stringify(exited)})`
     : `nginx did not write ${pidFile} and answer on 127.0.0.1:${port} within ${CONNECT_ATTEMPTS} attempts`;
-  const log = `${output}${errorLog()}`;
+  const log = `${proc.output()}${errorLog()}`;
   await stop();
   throw new Error(`${why}:\n${log}`);
 }

@@ -1,10 +1,9 @@
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FilesConfig } from '../../src/config.ts';
+import { spawnTracked, type Lifetime, type Spawned } from './processes.ts';
 
 /** The key pair s3rver accepts; the S3 store reads credentials through the SDK's default chain. */
 process.env.AWS_ACCESS_KEY_ID ??= 'S3RVER';
@@ -34,26 +33,29 @@ export interface S3Server {
 }
 
 interface Launched {
-  readonly child: ChildProcessWithoutNullStreams;
+  readonly proc: Spawned;
   readonly port: number;
-  readonly exited: Promise<[number | null, NodeJS.Signals | null]>;
 }
 
-/** Starts the s3rver child and resolves once it prints the port it listens on. */
-async function launch(directory: string, bucket: string, port: number | null): Promise<Launched> {
-  const child = spawn(
+/**
+ * Starts the s3rver child and resolves once it prints the port it listens on. It runs in a process
+ * group of its own, killed when the test (or, started in a `beforeAll`, the file) ends.
+ */
+async function launch(directory: string, bucket: string, port: number | null, lifetime: Lifetime = 'auto'): Promise<Launched> {
+  const proc = spawnTracked(
     process.execPath,
     ['--openssl-legacy-provider', '--import', 'tsx', SCRIPT, directory, bucket, ...(port === null ? [] : [String(port)])],
-    { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] },
+    // stdin stays open: the server exits when it closes, should this process die without cleanup.
+    { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], what: 's3rver', lifetime },
   );
-  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>;
+  const { child, exited } = proc;
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
   try {
     const listening = await new Promise<number>((resolve, reject) => {
       let stdout = '';
       const timer = setTimeout(() => reject(new Error(`s3rver did not start in ${START_LIMIT_MS} ms: ${stderr}`)), START_LIMIT_MS);
-      child.stdout.on('data', (d: Buffer) => {
+      child.stdout?.on('data', (d: Buffer) => {
         stdout += d.toString();
         const line = stdout.split('\n', 2);
         if (line.length < 2) return;
@@ -62,18 +64,14 @@ async function launch(directory: string, bucket: string, port: number | null): P
         if (typeof parsed.port === 'number') resolve(parsed.port);
         else reject(new Error(`s3rver printed ${JSON.stringify(line[0])} instead of its port`));
       });
-      child.once('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-      void exited.then(([code, signal]) => {
+      void exited.then(({ code, signal }) => {
         clearTimeout(timer);
         reject(new Error(`s3rver exited (${code ?? signal}) before listening: ${stderr}`));
       });
     });
-    return { child, port: listening, exited };
+    return { proc, port: listening };
   } catch (err) {
-    child.kill('SIGKILL');
+    await proc.kill();
     throw err;
   }
 }
@@ -94,29 +92,32 @@ export async function startS3Server(bucket = 'databank-test'): Promise<S3Server>
   const { port } = current;
   const endpoint = `http://127.0.0.1:${port}`;
   let stopped: Promise<void> | undefined;
-  const running = () => current.child.exitCode === null && current.child.signalCode === null;
+  const running = () => current.proc.running();
   return {
     endpoint,
     bucket,
     directory,
     config: { kind: 's3', bucket, endpoint, region: 'us-east-1', forcePathStyle: true },
     get pid() {
-      return current.child.pid ?? -1;
+      return current.proc.pid;
     },
     async crash() {
       if (!running()) return;
-      current.child.kill('SIGKILL');
-      await current.exited;
+      await current.proc.kill('SIGKILL');
     },
     async restart() {
       if (running()) throw new Error('restart: the server is still running; crash it first');
-      current = await launch(directory, bucket, port);
+      // The restarted server belongs to the file, as the first one did: later tests may use it.
+      current = await launch(directory, bucket, port, 'file');
     },
     stop() {
       stopped ??= (async () => {
         if (running()) {
-          current.child.kill('SIGTERM');
-          await current.exited;
+          // SIGTERM lets the server remove its directory; the group is killed should it hang.
+          await current.proc.kill('SIGTERM');
+          const late = setTimeout(() => void current.proc.kill(), 10_000);
+          await current.proc.exited;
+          clearTimeout(late);
         }
         await rm(directory, { recursive: true, force: true });
       })();
