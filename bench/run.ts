@@ -6,10 +6,11 @@ import { cleanupAll } from './lib/cleanup.ts';
 import { BenchError, progress } from './lib/log.ts';
 import { formatResult, writeResult } from './lib/report.ts';
 import { reads } from './reads.ts';
+import { startup } from './startup.ts';
 import { staticFiles } from './static.ts';
 import { transfers } from './transfers.ts';
 
-const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles];
+const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles, startup];
 
 function usage(): string {
   return [

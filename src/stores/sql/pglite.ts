@@ -1,4 +1,5 @@
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
 import { Kysely, sql } from 'kysely';
 import { PGliteDialect } from 'kysely-pglite-dialect';
@@ -6,23 +7,55 @@ import type { Database } from './schema.ts';
 import type { SqlStore } from './port.ts';
 import { PARSERS } from './type-parsers.ts';
 import { lockDataDir } from './data-dir-lock.ts';
+import { restrictToOwner } from './owner-only.ts';
+import { readTemplateTar, unpackPgliteTemplate } from './pglite-template.ts';
 import { withTimeout } from './timeout.ts';
 
 /**
+ * PostgreSQL's default of 128 MB of shared buffers is touched while the engine starts and stays
+ * resident: about 130 MB of RSS for a database that is a few MB on a laptop. Pages not in the
+ * pool come from the OS page cache through the WASM file system, so a smaller pool costs little.
+ */
+const SHARED_BUFFERS = '16MB';
+
+const START_PARAMS: readonly string[] = [...PGlite.defaultStartParams, '-c', `shared_buffers=${SHARED_BUFFERS}`];
+
+export interface PgliteOptions {
+  /** Told when a new data directory falls back to initdb (no template for this PGlite version). */
+  readonly onNotice?: (message: string) => void;
+}
+
+/**
  * PostgreSQL in-process (PGlite). One connection, one process: the dialect queues callers, so a
- * transaction holds the engine until it ends.
+ * transaction holds the engine until it ends. A new data directory is unpacked from the shipped
+ * template instead of running initdb; everything in it is owner-only.
  *
  * @param dataDir where to persist; null keeps everything in memory (tests).
  */
-export async function openPglite(dataDir: string | null): Promise<SqlStore> {
+export async function openPglite(dataDir: string | null, options: PgliteOptions = {}): Promise<SqlStore> {
   let unlock = () => {};
-  if (dataDir) {
-    mkdirSync(dataDir, { recursive: true });
-    unlock = lockDataDir(dataDir);
-  }
   let pg: PGlite;
   try {
-    pg = await PGlite.create(dataDir ?? 'memory://', { parsers: PARSERS });
+    if (dataDir) {
+      const existed = existsSync(dataDir);
+      mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+      // A data dir made before files were owner-only is tightened once; afterwards its mode says so.
+      if (existed && (statSync(dataDir).mode & 0o077) !== 0) restrictToOwner(dataDir);
+      unlock = lockDataDir(dataDir);
+      const initdb = !existsSync(join(dataDir, 'PG_VERSION')) && !unpackPgliteTemplate(dataDir);
+      if (initdb) options.onNotice?.('no PGlite data directory template for this PGlite version: running initdb (slow)');
+      pg = await PGlite.create(dataDir, { parsers: PARSERS, startParams: [...START_PARAMS] });
+      // initdb's files reach the disk through PGlite's tar loader with the process umask (0644);
+      // the template's and PostgreSQL's own files are created 0600.
+      if (initdb) restrictToOwner(dataDir);
+    } else {
+      const tar = readTemplateTar();
+      pg = await PGlite.create('memory://', {
+        parsers: PARSERS,
+        startParams: [...START_PARAMS],
+        ...(tar ? { loadDataDir: new Blob([tar]) } : {}),
+      });
+    }
   } catch (err) {
     unlock();
     throw err;
