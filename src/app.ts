@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { Closers, type CloseOptions } from './closers.ts';
 import type { Config } from './config.ts';
+import { claimDataDir, prepareDataDir, type DeploymentRecord } from './data-dir.ts';
 import type { HttpDeps } from './http/deps.ts';
 import { createMetrics } from './http/metrics.ts';
 import { buildServer } from './http/server.ts';
@@ -26,6 +27,8 @@ import type { Db } from './stores/sql/port.ts';
 
 export interface App {
   readonly config: Config;
+  /** Which deployment this is: the data dir and the database agree on it (`deployment.json`). */
+  readonly deployment: DeploymentRecord;
   readonly sql: SqlStore;
   readonly files: FileStore;
   readonly http: FastifyInstance;
@@ -69,12 +72,16 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
   const cacheWarn = rateLimited(10_000, (err: unknown, suppressed: number) =>
     logger.warn({ err, suppressed }, 'cache unavailable: serving from PostgreSQL'),
   );
+  // Owner-only from the first byte: the data dir, PGlite's files, the admin key, local files.
+  prepareDataDir(config.dataDir);
   const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'));
   const closers = new Closers();
   closers.add('database', () => sql.close());
   const close = (opts?: CloseOptions) => closers.close(opts);
   try {
     await sql.ping(10_000);
+    // Before anything is migrated, keyed or served: a data dir of another database is refused.
+    const deployment = await claimDataDir(config.dataDir, sql);
     if (config.migrateOnBoot) {
       const results = unwrap(await createMigrator(sql.db).migrateToLatest()).results ?? [];
       for (const r of results) logger.info({ migration: r.migrationName }, 'migration applied');
@@ -155,7 +162,7 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     closers.add('workers', () => workers.stop());
     const http = await buildServer(deps, { logger });
     closers.add('http server', () => http.close());
-    return { config, sql, files, http, deps, workers, bootstrapped, close };
+    return { config, deployment, sql, files, http, deps, workers, bootstrapped, close };
   } catch (err) {
     await close().catch(() => undefined);
     throw err;

@@ -21,7 +21,8 @@ export function configOrExit(): Config {
 }
 
 /**
- * Opens the SQL store, checks that it answers, runs `work` and closes the store however `work` ends.
+ * Opens the SQL store, checks that it answers and that the data dir belongs to it, runs `work` and
+ * closes the store however `work` ends.
  *
  * @example
  * await withStore(async (store) => migrationStatus(store.db));
@@ -29,9 +30,13 @@ export function configOrExit(): Config {
 export async function withStore<T>(work: (store: SqlStore, config: Config) => Promise<T>): Promise<T> {
   const config = configOrExit();
   const { openSqlStore } = await import('../stores/sql/index.ts');
+  const { claimDataDir, prepareDataDir } = await import('../data-dir.ts');
+  prepareDataDir(config.dataDir);
   const store = await openSqlStore(config.sql);
   try {
     await store.ping(10_000);
+    // A command never keys, migrates or sweeps for a database the data dir does not belong to.
+    await claimDataDir(config.dataDir, store);
     return await work(store, config);
   } finally {
     await store.close();

@@ -37,12 +37,16 @@ async function work(opts: WorkerOpts): Promise<void> {
   const { IdempotencyService } = await import('../services/idempotency.ts');
   const { startWorkerHost } = await import('../workers/index.ts');
   const { Registry } = await import('prom-client');
+  const { claimDataDir, prepareDataDir } = await import('../data-dir.ts');
+  prepareDataDir(config.dataDir);
   const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'));
   const closers = new Closers();
   closers.add('database', () => sql.close());
   const registry = new Registry();
   try {
     await sql.ping(10_000);
+    // The jobs keep files in the data dir's store too: never for another deployment's database.
+    await claimDataDir(config.dataDir, sql);
     const pending = (await migrationStatus(sql.db)).filter((m) => m.executedAt === null);
     // Jobs written for a newer schema must not run on an older one.
     if (pending.length > 0) {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { createApp, type App, type AppOptions } from '../../src/app.ts';
 import type { Config } from '../../src/config.ts';
+import { registerCleanup } from './processes.ts';
 import { createTestDatabase, type EngineName, type TestDatabase } from './engines.ts';
 
 export interface TestApp {
@@ -30,12 +31,22 @@ export function localFiles(options: { maxUploadBytes?: number; siteDir?: string 
 }
 
 /**
+ * A new, empty data dir (it receives `deployment.json`), removed when the test or, made in a
+ * `beforeAll`, the file ends.
+ */
+export function testDataDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'databank-test-data-'));
+  registerCleanup(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/**
  * The config a test app runs with: everything default but the database, and files in a new
  * temporary folder (removed by `TestApp.close`); no site is deployed unless `files` says so.
  */
 export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): Config {
   return {
-    dataDir: '/nonexistent-databank-test-dir',
+    dataDir: testDataDir(),
     host: '127.0.0.1',
     port: 0,
     sql: db.sql,

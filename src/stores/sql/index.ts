@@ -1,16 +1,17 @@
 import type { SqlConfig } from '../../config.ts';
 import type { SqlStore } from './port.ts';
-import { openPglite } from './pglite.ts';
-import { openPostgres } from './postgres.ts';
 
 export type { SqlStore } from './port.ts';
 
-/** Opens the relational store the config names. */
+/**
+ * Opens the relational store the config names. Each engine is imported only when it is the one
+ * used: a server deployment never loads PGlite's WebAssembly, and PGlite never loads `pg`.
+ */
 export async function openSqlStore(config: SqlConfig, onError?: (err: Error) => void): Promise<SqlStore> {
   switch (config.kind) {
     case 'pglite':
-      return openPglite(config.dataDir);
+      return (await import('./pglite.ts')).openPglite(config.dataDir);
     case 'postgres':
-      return openPostgres({ ...config, onError });
+      return (await import('./postgres.ts')).openPostgres({ ...config, onError });
   }
 }
