@@ -21,7 +21,7 @@ import { DEFAULT_SITE_OPTIONS, deploySite, readManifest, Site } from './services
 import { openFileStore, type FileStore } from './stores/files/index.ts';
 import { openCacheStore } from './stores/cache/index.ts';
 import { openSqlStore, type SqlStore } from './stores/sql/index.ts';
-import { createMigrator, migrationStatus, unwrap } from './stores/sql/migrator.ts';
+import { createMigrator, pendingMigrations, unwrap } from './stores/sql/migrator.ts';
 import { startWorkerHost, type WorkerHost } from './workers/index.ts';
 import type { Db } from './stores/sql/port.ts';
 
@@ -74,7 +74,9 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
   );
   // Owner-only from the first byte: the data dir, PGlite's files, the admin key, local files.
   prepareDataDir(config.dataDir);
-  const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'));
+  const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'), {
+    migratedTemplate: true,
+  });
   const closers = new Closers();
   closers.add('database', () => sql.close());
   const close = (opts?: CloseOptions) => closers.close(opts);
@@ -82,17 +84,15 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     await sql.ping(10_000);
     // Before anything is migrated, keyed or served: a data dir of another database is refused.
     const deployment = await claimDataDir(config.dataDir, sql);
-    if (config.migrateOnBoot) {
+    const pending = await pendingMigrations(sql.db);
+    if (pending.length > 0 && config.migrateOnBoot) {
       const results = unwrap(await createMigrator(sql.db).migrateToLatest()).results ?? [];
       for (const r of results) logger.info({ migration: r.migrationName }, 'migration applied');
-    } else {
-      const pending = (await migrationStatus(sql.db)).filter((m) => m.executedAt === null);
-      if (pending.length > 0) {
-        throw new Error(
-          `the database schema is behind by ${pending.length} migration(s) (${pending.map((m) => m.name).join(', ')}): ` +
-            'run `databank migrate latest`, or set MIGRATE_ON_BOOT=true',
-        );
-      }
+    } else if (pending.length > 0) {
+      throw new Error(
+        `the database schema is behind by ${pending.length} migration(s) (${pending.join(', ')}): ` +
+          'run `databank migrate latest`, or set MIGRATE_ON_BOOT=true',
+      );
     }
     const cacheStore = await openCacheStore(config.cache.store, (err) => cacheWarn(err));
     if (cacheStore) closers.add('cache', () => cacheStore.close());

@@ -1,6 +1,6 @@
 import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { packagePath } from './paths.ts';
 
 /** How the app reaches PostgreSQL: the embedded engine, or a server through a pool. */
 export type SqlConfig =
@@ -196,7 +196,7 @@ function parseCache(env: Env, instances: number, problems: string[]): CacheSetti
 }
 
 /** The `site/` folder shipped with databank, next to `src/`. */
-const BUNDLED_SITE = fileURLToPath(new URL('../site', import.meta.url));
+const BUNDLED_SITE = packagePath('site');
 
 function parseFiles(env: Env, dataDir: string, problems: string[]): FilesSettings {
   const maxUploadBytes = parseIntVar(env, 'DATABANK_MAX_UPLOAD_BYTES', 25 * 1024 * 1024, 1, 5 * 1024 ** 4, problems);

@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { configOrExit } from './context.ts';
@@ -20,6 +20,10 @@ export function register(program: Command): void {
 
 async function serve(opts: { readonly worker: boolean }): Promise<void> {
   const config = configOrExit();
+  if (config.sql.kind === 'pglite' && config.sql.dataDir && !existsSync(join(config.sql.dataDir, 'PG_VERSION'))) {
+    // A first start: decompress the database template on another core while the app loads.
+    void (await import('../stores/sql/pglite-template.ts')).loadTemplateTar('migrated').catch(() => undefined);
+  }
   const { createLogger } = await import('../logger.ts');
   const logger = createLogger(config.logLevel);
   const app = await (await import('../app.ts')).createApp(config, { logger, worker: opts.worker });

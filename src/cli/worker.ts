@@ -33,13 +33,15 @@ async function work(opts: WorkerOpts): Promise<void> {
   const { Closers } = await import('../closers.ts');
   const { openSqlStore } = await import('../stores/sql/index.ts');
   const { primaryOnly } = await import('../stores/sql/port.ts');
-  const { migrationStatus } = await import('../stores/sql/migrator.ts');
+  const { pendingMigrations } = await import('../stores/sql/migrator.ts');
   const { IdempotencyService } = await import('../services/idempotency.ts');
   const { startWorkerHost } = await import('../workers/index.ts');
   const { Registry } = await import('prom-client');
   const { claimDataDir, prepareDataDir } = await import('../data-dir.ts');
   prepareDataDir(config.dataDir);
-  const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'));
+  const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'), {
+    migratedTemplate: true,
+  });
   const closers = new Closers();
   closers.add('database', () => sql.close());
   const registry = new Registry();
@@ -47,7 +49,7 @@ async function work(opts: WorkerOpts): Promise<void> {
     await sql.ping(10_000);
     // The jobs keep files in the data dir's store too: never for another deployment's database.
     await claimDataDir(config.dataDir, sql);
-    const pending = (await migrationStatus(sql.db)).filter((m) => m.executedAt === null);
+    const pending = await pendingMigrations(sql.db);
     // Jobs written for a newer schema must not run on an older one.
     if (pending.length > 0) {
       throw new Error(`the database schema is behind by ${pending.length} migration(s): run \`databank migrate latest\``);

@@ -4,7 +4,15 @@ import { join } from 'node:path';
 import { sql } from 'kysely';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openPglite } from '../../src/stores/sql/pglite.ts';
-import { installedPgliteVersion, readTemplateTar, TEMPLATE_DIR, templateFile } from '../../src/stores/sql/pglite-template.ts';
+import {
+  installedPgliteVersion,
+  migratedTemplateFile,
+  readTemplateTar,
+  TEMPLATE_DIR,
+  templateFile,
+} from '../../src/stores/sql/pglite-template.ts';
+import { pendingMigrations } from '../../src/stores/sql/migrator.ts';
+import { MIGRATIONS } from '../../src/stores/sql/migrations/index.ts';
 import { packTar, unpackTar } from '../../src/stores/sql/tar.ts';
 
 /** Every path under `dir` whose mode lets anyone but the owner in, or is not 0700/0600. */
@@ -70,5 +78,31 @@ describe('PGlite data directory template', () => {
       await again.close();
     }
     expect(notOwnerOnly(join(root, 'deployment'))).toEqual([]);
+  });
+
+  it('a first start of the server finds the schema in place (the migrated template that npm run build makes)', async () => {
+    expect(existsSync(migratedTemplateFile()), `${migratedTemplateFile()} is missing: run npm run build`).toBe(true);
+    const dir = join(root, 'migrated');
+    const store = await openPglite(dir, { migratedTemplate: true });
+    try {
+      expect(await pendingMigrations(store.db)).toEqual([]);
+      // The schema only: no customers, no keys, no deployment of its own.
+      const counts = await sql<{ customers: number; keys: number; deployment: string | null }>`
+        select (select count(*)::int from customers) as customers, (select count(*)::int from api_keys) as keys,
+               to_regclass('databank_deployment')::text as deployment`.execute(store.db);
+      expect(counts.rows[0]).toEqual({ customers: 0, keys: 0, deployment: null });
+    } finally {
+      await store.close();
+    }
+    expect(notOwnerOnly(dir)).toEqual([]);
+  });
+
+  it('the migration commands start a new data dir empty, so that `migrate latest` applies every migration', async () => {
+    const store = await openPglite(join(root, 'bare'));
+    try {
+      expect(await pendingMigrations(store.db)).toEqual(Object.keys(MIGRATIONS));
+    } finally {
+      await store.close();
+    }
   });
 });

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, cleanEnv, freePort, runCli } from '../support/cli.ts';
 import { createTestDatabase, POSTGRES_UP, type TestDatabase } from '../support/engines.ts';
+import { testDataDir } from '../support/app.ts';
 import { spawnTracked, waitFor, type Spawned } from '../support/processes.ts';
 
 const SLOW = { timeout: 180_000 } as const;
@@ -17,7 +18,7 @@ describe.skipIf(!POSTGRES_UP)('databank worker on PostgreSQL', () => {
 
   beforeAll(async () => {
     db = await createTestDatabase('postgres', 'e2e-worker');
-    env = { DATABASE_URL: db.url as string, DATABANK_DATA_DIR: '/nonexistent-databank-worker-dir' };
+    env = { DATABASE_URL: db.url as string, DATABANK_DATA_DIR: testDataDir() };
     expect((await runCli(['migrate', 'latest', '--json'], env)).code).toBe(0);
     const created = await runCli(['keys', 'create', '--role', 'admin', '--json'], env);
     adminKey = (JSON.parse(created.stdout) as { key: string }).key;

@@ -1,12 +1,13 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { Migrator, type Kysely, type MigrationResultSet } from 'kysely';
+import { Migrator, sql, type Kysely, type MigrationResultSet } from 'kysely';
+import { packagePath } from '../../paths.ts';
 import { MIGRATIONS } from './migrations/index.ts';
 import type { Database } from './schema.ts';
 
 /** The folder of versioned migrations: the same files for the embedded engine and the server. */
-export const MIGRATIONS_DIR = fileURLToPath(new URL('./migrations', import.meta.url));
+/** The migration sources (TypeScript), where `migrate make` writes a new one. */
+export const MIGRATIONS_DIR = packagePath('src', 'stores', 'sql', 'migrations');
 
 /**
  * A Kysely Migrator over databank's migrations. On PostgreSQL it takes a transaction-scoped
@@ -41,6 +42,26 @@ export interface MigrationStatus {
 export async function migrationStatus(db: Kysely<Database>): Promise<MigrationStatus[]> {
   const migrations = await createMigrator(db).getMigrations();
   return migrations.map((m) => ({ name: m.name, executedAt: m.executedAt ?? null }));
+}
+
+/**
+ * The names of the migrations not applied yet, in order, from one query: what a start checks
+ * before it asks the Migrator (whose locking and bookkeeping cost a noticeable part of a start)
+ * to do anything.
+ */
+export async function pendingMigrations(db: Kysely<Database>): Promise<string[]> {
+  const applied = new Set(
+    (
+      await sql<{ name: string }>`select name from databank_migrations`
+        .execute(db)
+        .catch((err: unknown) => {
+          // No bookkeeping table yet (undefined_table): nothing was ever applied.
+          if ((err as { code?: unknown }).code === '42P01') return { rows: [] };
+          throw err;
+        })
+    ).rows.map((r) => r.name),
+  );
+  return Object.keys(MIGRATIONS).filter((name) => !applied.has(name));
 }
 
 /** Writes a new migration file named after the next number and `name`; returns its path. */

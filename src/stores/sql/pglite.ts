@@ -8,7 +8,7 @@ import type { SqlStore } from './port.ts';
 import { PARSERS } from './type-parsers.ts';
 import { lockDataDir } from './data-dir-lock.ts';
 import { restrictToOwner } from './owner-only.ts';
-import { readTemplateTar, unpackPgliteTemplate } from './pglite-template.ts';
+import { loadTemplateTar, unpackPgliteTemplate } from './pglite-template.ts';
 import { withTimeout } from './timeout.ts';
 
 /**
@@ -23,6 +23,12 @@ const START_PARAMS: readonly string[] = [...PGlite.defaultStartParams, '-c', `sh
 export interface PgliteOptions {
   /** Told when a new data directory falls back to initdb (no template for this PGlite version). */
   readonly onNotice?: (message: string) => void;
+  /**
+   * A new data directory starts with every migration applied when `npm run build` made that
+   * template (`serve` and `worker` ask for it, so a first start skips migrating); otherwise, and
+   * for the migration commands, it starts empty as initdb leaves it.
+   */
+  readonly migratedTemplate?: boolean;
 }
 
 /**
@@ -42,14 +48,14 @@ export async function openPglite(dataDir: string | null, options: PgliteOptions 
       // A data dir made before files were owner-only is tightened once; afterwards its mode says so.
       if (existed && (statSync(dataDir).mode & 0o077) !== 0) restrictToOwner(dataDir);
       unlock = lockDataDir(dataDir);
-      const initdb = !existsSync(join(dataDir, 'PG_VERSION')) && !unpackPgliteTemplate(dataDir);
+      const initdb = !existsSync(join(dataDir, 'PG_VERSION')) && !(await unpackPgliteTemplate(dataDir, options.migratedTemplate ? 'migrated' : 'bare'));
       if (initdb) options.onNotice?.('no PGlite data directory template for this PGlite version: running initdb (slow)');
       pg = await PGlite.create(dataDir, { parsers: PARSERS, startParams: [...START_PARAMS] });
       // initdb's files reach the disk through PGlite's tar loader with the process umask (0644);
       // the template's and PostgreSQL's own files are created 0600.
       if (initdb) restrictToOwner(dataDir);
     } else {
-      const tar = readTemplateTar();
+      const tar = await loadTemplateTar();
       pg = await PGlite.create('memory://', {
         parsers: PARSERS,
         startParams: [...START_PARAMS],
