@@ -3,9 +3,16 @@ import type { Database } from './schema.ts';
 
 /** What differs between the embedded engine and a server, said as data. */
 export interface SqlCapabilities {
-  /** Several connections at once (a pool); the embedded engine has one. */
+  /**
+   * Several connections at once (a pool); the embedded engine has one. The worker host's
+   * schedules take an advisory lock per run only when this is true (several processes may run).
+   */
   readonly multipleConnections: boolean;
-  /** LISTEN/NOTIFY across processes; the embedded engine lives in one process. */
+  /**
+   * LISTEN/NOTIFY across processes; the embedded engine lives in one process. Read by the outbox
+   * relay of the [async] issue, which wakes on a notification where this is true and polls
+   * where it is false.
+   */
   readonly listen: boolean;
 }
 

@@ -75,6 +75,11 @@ export interface ApiKeysTable {
   revoked_at: Date | null;
 }
 
+/**
+ * Events written in the same transaction as the state change they describe (the transactional
+ * outbox). Nothing reads them yet: the [async] issue's relay publishes them in order to the event
+ * stream and sets `published_at` once the broker has acknowledged.
+ */
 export interface OutboxTable {
   id: Generated<number>;
   topic: string;
