@@ -1,7 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { isMainThread } from 'node:worker_threads';
 import { sql } from 'kysely';
 import type { SqlStore } from './stores/sql/port.ts';
 import { restrictToOwner } from './stores/sql/owner-only.ts';
@@ -44,16 +43,14 @@ export interface FoundDatabase {
 export type ClaimableStore = Pick<SqlStore, 'kind' | 'db'>;
 
 /**
- * Creates the data dir owner-only (0700) and makes everything this process creates afterwards
- * owner-only too (umask 077), whatever the user's umask. A data dir made before this rule is
- * tightened once, recursively; afterwards its own mode (0700) says it was done.
+ * Creates the data dir owner-only (0700). A data dir made before this rule is tightened once,
+ * recursively; afterwards its own mode (0700) says it was done. What the `databank` command
+ * creates inside it afterwards is owner-only through the process umask (`src/main.ts`).
  */
 export function prepareDataDir(dataDir: string): void {
   const existed = existsSync(dataDir);
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   if (existed && (statSync(dataDir).mode & 0o077) !== 0) restrictToOwner(dataDir);
-  // Worker threads may not change the umask; the main thread's applies to them as well.
-  if (isMainThread) process.umask(0o077);
 }
 
 /** The deployment a data dir belongs to, or null when it has none yet. */

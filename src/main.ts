@@ -42,6 +42,9 @@ export function buildCli(): Command {
  * one line on stderr; commander reports bad arguments itself.
  */
 export async function main(argv: readonly string[]): Promise<void> {
+  // Everything databank writes (the data dir, PGlite's files, the admin key, local files,
+  // backups) is the deployment's alone: owner-only whatever the user's umask.
+  process.umask(0o077);
   try {
     await buildCli().parseAsync(argv);
   } catch (err) {
