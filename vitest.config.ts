@@ -3,7 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    // Child processes, not threads: PGlite, DuckDB and sharp hold native or WASM state per process,
+    // Child processes, not threads: PGlite holds its WebAssembly engine per process,
     // and a test that kills or signals its own children needs a process of its own.
     pool: 'forks',
     // Two cores: two test files at a time; each file has its own databases, ports and folders.
