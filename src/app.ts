@@ -2,7 +2,8 @@ import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { Closers, type CloseOptions } from './closers.ts';
 import type { Config } from './config.ts';
-import { claimDataDir, prepareDataDir, type DeploymentRecord } from './data-dir.ts';
+import type { DeploymentRecord } from './data-dir.ts';
+import { openDeploymentDatabase } from './database.ts';
 import type { HttpDeps } from './http/deps.ts';
 import { createMetrics } from './http/metrics.ts';
 import { buildServer } from './http/server.ts';
@@ -20,8 +21,7 @@ import { FilesService } from './services/files.ts';
 import { DEFAULT_SITE_OPTIONS, deploySite, readManifest, Site } from './services/site.ts';
 import { openFileStore, type FileStore } from './stores/files/index.ts';
 import { openCacheStore } from './stores/cache/index.ts';
-import { openSqlStore, type SqlStore } from './stores/sql/index.ts';
-import { createMigrator, pendingMigrations, unwrap } from './stores/sql/migrator.ts';
+import type { SqlStore } from './stores/sql/index.ts';
 import { startWorkerHost, type WorkerHost } from './workers/index.ts';
 import type { Db } from './stores/sql/port.ts';
 
@@ -72,28 +72,14 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
   const cacheWarn = rateLimited(10_000, (err: unknown, suppressed: number) =>
     logger.warn({ err, suppressed }, 'cache unavailable: serving from PostgreSQL'),
   );
-  // Owner-only from the first byte: the data dir, PGlite's files, the admin key, local files.
-  prepareDataDir(config.dataDir);
-  const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'), {
-    migratedTemplate: true,
+  const { sql, deployment } = await openDeploymentDatabase(config, logger, {
+    migrate: config.migrateOnBoot,
+    behindAdvice: 'run `databank migrate latest`, or set MIGRATE_ON_BOOT=true',
   });
   const closers = new Closers();
   closers.add('database', () => sql.close());
   const close = (opts?: CloseOptions) => closers.close(opts);
   try {
-    await sql.ping(10_000);
-    // Before anything is migrated, keyed or served: a data dir of another database is refused.
-    const deployment = await claimDataDir(config.dataDir, sql);
-    const pending = await pendingMigrations(sql.db);
-    if (pending.length > 0 && config.migrateOnBoot) {
-      const results = unwrap(await createMigrator(sql.db).migrateToLatest()).results ?? [];
-      for (const r of results) logger.info({ migration: r.migrationName }, 'migration applied');
-    } else if (pending.length > 0) {
-      throw new Error(
-        `the database schema is behind by ${pending.length} migration(s) (${pending.join(', ')}): ` +
-          'run `databank migrate latest`, or set MIGRATE_ON_BOOT=true',
-      );
-    }
     const cacheStore = await openCacheStore(config.cache.store, (err) => cacheWarn(err));
     if (cacheStore) closers.add('cache', () => cacheStore.close());
     const metrics = createMetrics(() => sql.poolStats(), {

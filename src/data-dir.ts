@@ -1,9 +1,9 @@
-import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { sql } from 'kysely';
 import type { SqlStore } from './stores/sql/port.ts';
-import { restrictToOwner } from './stores/sql/owner-only.ts';
+import { ownerOnlyDir } from './stores/sql/owner-only.ts';
 
 /**
  * A data directory (`DATABANK_DATA_DIR`) holds one deployment's admin key, customer files and, on
@@ -48,9 +48,7 @@ export type ClaimableStore = Pick<SqlStore, 'kind' | 'db'>;
  * creates inside it afterwards is owner-only through the process umask (`src/main.ts`).
  */
 export function prepareDataDir(dataDir: string): void {
-  const existed = existsSync(dataDir);
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  if (existed && (statSync(dataDir).mode & 0o077) !== 0) restrictToOwner(dataDir);
+  ownerOnlyDir(dataDir);
 }
 
 /** The deployment a data dir belongs to, or null when it has none yet. */

@@ -30,8 +30,7 @@ export function configOrExit(): Config {
 export async function withStore<T>(work: (store: SqlStore, config: Config) => Promise<T>): Promise<T> {
   const config = configOrExit();
   const { openSqlStore } = await import('../stores/sql/index.ts');
-  const { claimDataDir, prepareDataDir } = await import('../data-dir.ts');
-  prepareDataDir(config.dataDir);
+  const { claimDataDir } = await import('../data-dir.ts');
   const store = await openSqlStore(config.sql);
   try {
     await store.ping(10_000);

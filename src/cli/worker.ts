@@ -31,29 +31,20 @@ async function work(opts: WorkerOpts): Promise<void> {
   const config = configOrExit();
   const logger = (await import('../logger.ts')).createLogger(config.logLevel);
   const { Closers } = await import('../closers.ts');
-  const { openSqlStore } = await import('../stores/sql/index.ts');
+  const { openDeploymentDatabase } = await import('../database.ts');
   const { primaryOnly } = await import('../stores/sql/port.ts');
-  const { pendingMigrations } = await import('../stores/sql/migrator.ts');
   const { IdempotencyService } = await import('../services/idempotency.ts');
   const { startWorkerHost } = await import('../workers/index.ts');
   const { Registry } = await import('prom-client');
-  const { claimDataDir, prepareDataDir } = await import('../data-dir.ts');
-  prepareDataDir(config.dataDir);
-  const sql = await openSqlStore(config.sql, (err) => logger.warn({ err }, 'idle database connection failed'), {
-    migratedTemplate: true,
+  // A worker never migrates: that is a deploy step (`databank migrate latest`) or `serve`'s.
+  const { sql } = await openDeploymentDatabase(config, logger, {
+    migrate: false,
+    behindAdvice: 'run `databank migrate latest`',
   });
   const closers = new Closers();
   closers.add('database', () => sql.close());
   const registry = new Registry();
   try {
-    await sql.ping(10_000);
-    // The jobs keep files in the data dir's store too: never for another deployment's database.
-    await claimDataDir(config.dataDir, sql);
-    const pending = await pendingMigrations(sql.db);
-    // Jobs written for a newer schema must not run on an older one.
-    if (pending.length > 0) {
-      throw new Error(`the database schema is behind by ${pending.length} migration(s): run \`databank migrate latest\``);
-    }
     const db = primaryOnly(sql.db);
     const host = startWorkerHost({ logger, sql, idempotency: new IdempotencyService(db), registry });
     closers.add('workers', () => host.stop());

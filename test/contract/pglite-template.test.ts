@@ -7,7 +7,7 @@ import { openPglite } from '../../src/stores/sql/pglite.ts';
 import {
   installedPgliteVersion,
   migratedTemplateFile,
-  readTemplateTar,
+  loadTemplateTar,
   TEMPLATE_DIR,
   templateFile,
 } from '../../src/stores/sql/pglite-template.ts';
@@ -32,11 +32,11 @@ describe('PGlite data directory template', () => {
   const root = mkdtempSync(join(tmpdir(), 'databank-pglite-template-'));
   afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-  it('ships for the installed PGlite version, and only for it', () => {
+  it('ships for the installed PGlite version, and only for it', async () => {
     const version = installedPgliteVersion();
     expect(existsSync(templateFile(version)), `no template for PGlite ${version}: run node --import tsx src/stores/sql/pglite-template/regenerate.ts`).toBe(true);
     expect(readdirSync(TEMPLATE_DIR).filter((n) => n.endsWith('.tar.br'))).toEqual([`pglite-${version}.tar.br`]);
-    const paths = unpackTar(readTemplateTar() as Buffer).map((e) => e.path);
+    const paths = unpackTar((await loadTemplateTar()) as Buffer).map((e) => e.path);
     expect(paths).toEqual(expect.arrayContaining(['PG_VERSION', 'global/pg_control', 'postgresql.conf']));
   });
 

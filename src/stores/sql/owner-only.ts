@@ -1,5 +1,15 @@
-import { chmodSync, lstatSync, readdirSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+
+/**
+ * Creates `dir` (and missing parents) owner-only. One made before files were owner-only is
+ * tightened once, recursively; afterwards its own mode (0700) says it was done.
+ */
+export function ownerOnlyDir(dir: string): void {
+  const existed = existsSync(dir);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (existed && (statSync(dir).mode & 0o077) !== 0) restrictToOwner(dir);
+}
 
 /**
  * Makes a directory tree owner-only: directories 0700, files 0600, whatever the umask was when

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { brotliCompressSync, brotliDecompress, brotliDecompressSync, constants } from 'node:zlib';
+import { brotliCompressSync, brotliDecompress, constants } from 'node:zlib';
 import { PGlite } from '@electric-sql/pglite';
 import { packagePath } from '../../paths.ts';
 import { packTar, unpackTar, type TarEntry } from './tar.ts';
@@ -33,12 +33,6 @@ export function installedPgliteVersion(): string {
 /** Where the template for a PGlite version is (or would be) kept. */
 export function templateFile(version: string = installedPgliteVersion()): string {
   return join(TEMPLATE_DIR, `pglite-${version}.tar.br`);
-}
-
-/** The template of the installed PGlite as an uncompressed tar archive, or null when none ships. */
-export function readTemplateTar(): Buffer | null {
-  const file = templateFile();
-  return existsSync(file) ? brotliDecompressSync(readFileSync(file)) : null;
 }
 
 /**

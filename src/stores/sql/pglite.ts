@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
 import { Kysely, sql } from 'kysely';
@@ -7,7 +7,7 @@ import type { Database } from './schema.ts';
 import type { SqlStore } from './port.ts';
 import { PARSERS } from './type-parsers.ts';
 import { lockDataDir } from './data-dir-lock.ts';
-import { restrictToOwner } from './owner-only.ts';
+import { ownerOnlyDir, restrictToOwner } from './owner-only.ts';
 import { loadTemplateTar, unpackPgliteTemplate } from './pglite-template.ts';
 import { withTimeout } from './timeout.ts';
 
@@ -43,10 +43,7 @@ export async function openPglite(dataDir: string | null, options: PgliteOptions 
   let pg: PGlite;
   try {
     if (dataDir) {
-      const existed = existsSync(dataDir);
-      mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-      // A data dir made before files were owner-only is tightened once; afterwards its mode says so.
-      if (existed && (statSync(dataDir).mode & 0o077) !== 0) restrictToOwner(dataDir);
+      ownerOnlyDir(dataDir);
       unlock = lockDataDir(dataDir);
       const initdb = !existsSync(join(dataDir, 'PG_VERSION')) && !(await unpackPgliteTemplate(dataDir, options.migratedTemplate ? 'migrated' : 'bare'));
       if (initdb) options.onNotice?.('no PGlite data directory template for this PGlite version: running initdb (slow)');
