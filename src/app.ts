@@ -131,6 +131,7 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       idempotency,
       apiKeys,
       metrics,
+      limits: config.limits,
       ready: () => sql.ping(2_000),
     };
     const bootstrapped =
@@ -146,7 +147,7 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       background: options.worker ?? true,
     });
     closers.add('workers', () => workers.stop());
-    const http = await buildServer(deps, { logger });
+    const http = await buildServer(deps, { logger, http: config.http });
     closers.add('http server', () => http.close());
     return { config, deployment, sql, files, http, deps, workers, bootstrapped, close };
   } catch (err) {

@@ -51,6 +51,37 @@ export interface FilesSettings {
   readonly siteDir: string | null;
 }
 
+/** Bounds on money and on what one customer may hold (the [hardening] rules). */
+export interface LimitsSettings {
+  /** Largest balance any account may reach, in minor units; the database checks 10^14 too. */
+  readonly maxBalance: number;
+  readonly maxAccountsPerCustomer: number;
+  readonly maxFilesPerCustomer: number;
+  readonly maxFileBytesPerCustomer: number;
+  /** Requests per minute per API key. */
+  readonly rateLimitPerMinute: number;
+  /** Requests per minute per client IP without a valid key. */
+  readonly authFailureLimitPerMinute: number;
+  /** Whether the client IP is read from `X-Forwarded-For` (Fastify's `trustProxy`). */
+  readonly trustProxy: boolean | string | number;
+}
+
+/** How long a client may take, and how many may be connected. */
+export interface HttpSettings {
+  /** Longest wait for the request headers. */
+  readonly headerTimeoutMs: number;
+  /** Longest idle time between two chunks of a request body (uploads included). */
+  readonly bodyTimeoutMs: number;
+  /** Longest time to receive a whole request, headers and body. */
+  readonly requestTimeoutMs: number;
+  /** How long an idle keep-alive connection stays open. */
+  readonly keepAliveTimeoutMs: number;
+  /** Requests served on one connection before it is closed. */
+  readonly maxRequestsPerSocket: number;
+  /** Open connections at most; more are refused. */
+  readonly maxConnections: number;
+}
+
 export interface Config {
   readonly dataDir: string;
   readonly host: string;
@@ -65,6 +96,8 @@ export interface Config {
   readonly instances: number;
   /** How long a stop may take before the process exits non-zero naming what was still open. */
   readonly shutdownTimeoutMs: number;
+  readonly limits: LimitsSettings;
+  readonly http: HttpSettings;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -105,8 +138,72 @@ export function loadConfig(env: Env = process.env): Config {
   const cache = parseCache(env, instances, problems);
   const files = parseFiles(env, dataDir, problems);
   const shutdownTimeoutMs = parseIntVar(env, 'DATABANK_SHUTDOWN_TIMEOUT_MS', 25_000, 100, 3_600_000, problems);
+  const limits = parseLimits(env, problems);
+  const http = parseHttp(env, problems);
   if (problems.length > 0 || sql === null) throw new ConfigError(problems);
-  return deepFreeze({ dataDir, host, port, sql, migrateOnBoot, demoData, logLevel, cache, files, instances, shutdownTimeoutMs });
+  return deepFreeze({
+    dataDir,
+    host,
+    port,
+    sql,
+    migrateOnBoot,
+    demoData,
+    logLevel,
+    cache,
+    files,
+    instances,
+    shutdownTimeoutMs,
+    limits,
+    http,
+  });
+}
+
+/** The database's own ceiling on a balance (migration 0005's check). */
+export const BALANCE_CEILING = 100_000_000_000_000;
+
+function parseLimits(env: Env, problems: string[]): LimitsSettings {
+  const maxBalance = parseIntVar(env, 'DATABANK_MAX_BALANCE', BALANCE_CEILING, 1, BALANCE_CEILING, problems);
+  const maxAccountsPerCustomer = parseIntVar(env, 'DATABANK_MAX_ACCOUNTS_PER_CUSTOMER', 20, 1, 10_000, problems);
+  // A customer's total is a sum of its accounts' balances: it must stay an exact JSON number.
+  if (maxBalance * maxAccountsPerCustomer > Number.MAX_SAFE_INTEGER) {
+    problems.push(
+      `DATABANK_MAX_BALANCE × DATABANK_MAX_ACCOUNTS_PER_CUSTOMER: ${maxBalance} × ${maxAccountsPerCustomer} passes ` +
+        `2^53−1 (${Number.MAX_SAFE_INTEGER}), so a customer's total could stop being exact; lower one of them`,
+    );
+  }
+  const trustRaw = env.TRUST_PROXY;
+  let trustProxy: boolean | string | number = false;
+  if (trustRaw !== undefined && trustRaw !== '') {
+    if (['true', 'false'].includes(trustRaw)) trustProxy = trustRaw === 'true';
+    else if (/^\d{1,2}$/.test(trustRaw)) trustProxy = Number(trustRaw);
+    else if (/^[0-9A-Fa-f:.\/, ]+$/.test(trustRaw)) trustProxy = trustRaw;
+    else problems.push(`TRUST_PROXY: "${trustRaw}" is not true, false, a hop count or a list of proxy addresses/CIDRs`);
+  }
+  return {
+    maxBalance,
+    maxAccountsPerCustomer,
+    maxFilesPerCustomer: parseIntVar(env, 'DATABANK_MAX_FILES_PER_CUSTOMER', 1000, 1, 10_000_000, problems),
+    maxFileBytesPerCustomer: parseIntVar(env, 'DATABANK_MAX_FILE_BYTES_PER_CUSTOMER', 1024 ** 3, 1, 2 ** 50, problems),
+    rateLimitPerMinute: parseIntVar(env, 'DATABANK_RATE_LIMIT_PER_MINUTE', 6000, 1, 10_000_000, problems),
+    authFailureLimitPerMinute: parseIntVar(env, 'DATABANK_AUTH_FAILURE_LIMIT_PER_MINUTE', 60, 1, 10_000_000, problems),
+    trustProxy,
+  };
+}
+
+function parseHttp(env: Env, problems: string[]): HttpSettings {
+  const requestTimeoutMs = parseIntVar(env, 'DATABANK_REQUEST_TIMEOUT_MS', 600_000, 1000, 86_400_000, problems);
+  const headerTimeoutMs = parseIntVar(env, 'DATABANK_HEADER_TIMEOUT_MS', 10_000, 100, 600_000, problems);
+  if (headerTimeoutMs > requestTimeoutMs) {
+    problems.push('DATABANK_HEADER_TIMEOUT_MS: must not be longer than DATABANK_REQUEST_TIMEOUT_MS');
+  }
+  return {
+    headerTimeoutMs,
+    bodyTimeoutMs: parseIntVar(env, 'DATABANK_BODY_TIMEOUT_MS', 30_000, 100, 3_600_000, problems),
+    requestTimeoutMs,
+    keepAliveTimeoutMs: parseIntVar(env, 'DATABANK_KEEP_ALIVE_TIMEOUT_MS', 5_000, 100, 600_000, problems),
+    maxRequestsPerSocket: parseIntVar(env, 'DATABANK_MAX_REQUESTS_PER_SOCKET', 1000, 1, 10_000_000, problems),
+    maxConnections: parseIntVar(env, 'DATABANK_MAX_CONNECTIONS', 4096, 1, 1_000_000, problems),
+  };
 }
 
 function parseSql(env: Env, dataDir: string, problems: string[]): SqlConfig | null {

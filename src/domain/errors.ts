@@ -23,10 +23,16 @@ export const ERRORS = {
   DATABANK_ERR_NOT_FOUND: { status: 404, message: 'No such resource' },
   DATABANK_ERR_ROUTE_NOT_FOUND: { status: 404, message: 'No such route' },
   DATABANK_ERR_INSUFFICIENT_FUNDS: { status: 409, message: 'The account balance is too low' },
+  DATABANK_ERR_BALANCE_LIMIT: {
+    status: 409,
+    message: 'The movement would take the account past the largest balance allowed',
+  },
+  DATABANK_ERR_QUOTA_EXCEEDED: { status: 409, message: 'The customer has reached a quota' },
   DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT: {
     status: 409,
     message: 'A request with this Idempotency-Key is still being processed',
   },
+  DATABANK_ERR_REQUEST_TIMEOUT: { status: 408, message: 'The request was not received in time' },
   DATABANK_ERR_PAYLOAD_TOO_LARGE: { status: 413, message: 'The request body is too large' },
   DATABANK_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'The request body must be application/json' },
   DATABANK_ERR_UNSUPPORTED_FILE_TYPE: {
@@ -38,6 +44,8 @@ export const ERRORS = {
     status: 422,
     message: 'This Idempotency-Key was used with a different request',
   },
+  DATABANK_ERR_RATE_LIMITED: { status: 429, message: 'Too many requests; retry after the time in Retry-After' },
+  DATABANK_ERR_HEADERS_TOO_LARGE: { status: 431, message: 'The request headers are too large' },
   DATABANK_ERR_INTERNAL: { status: 500, message: 'Internal error' },
   DATABANK_ERR_CONTENTION: {
     status: 503,

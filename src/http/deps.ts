@@ -8,6 +8,7 @@ import type { MovementsService } from '../services/movements.ts';
 import type { Site } from '../services/site.ts';
 import type { TransfersService } from '../services/transfers.ts';
 import type { CachedReads } from '../services/cached-reads.ts';
+import type { LimitsSettings } from '../config.ts';
 import type { Metrics } from './metrics.ts';
 
 /** What the HTTP layer needs: services and metrics, never a store. */
@@ -24,6 +25,8 @@ export interface HttpDeps {
   readonly files: FilesService;
   /** The public website; null serves none. */
   readonly site: Site | null;
+  /** Balance, quota and rate limits. */
+  readonly limits: LimitsSettings;
   /** Resolves when the database answers. */
   readonly ready: () => Promise<void>;
 }

@@ -3,6 +3,7 @@ import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { FastifyBaseLogger, RouteOptions } from 'fastify';
+import type { HttpSettings } from '../config.ts';
 import { registerAuth } from './auth.ts';
 import type { HttpDeps } from './deps.ts';
 import { DatabankError } from '../domain/errors.ts';
@@ -14,7 +15,9 @@ import { cacheRoutes } from './routes/cache.ts';
 import { customerRoutes } from './routes/customers.ts';
 import { fileRoutes } from './routes/files.ts';
 import { healthRoutes } from './routes/health.ts';
+import { apiKeyRoutes } from './routes/api-keys.ts';
 import { moneyRoutes } from './routes/money.ts';
+import { registerRateLimits } from './rate-limit.ts';
 import { registerSite, routeNotFound } from './site.ts';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -28,6 +31,8 @@ export interface ServerOptions {
    * routes this way, so that a route added without an authorization case fails it.
    */
   readonly onRoute?: (route: RouteOptions) => void;
+  /** Client timeouts and connection limits; Node's defaults when absent (tests). */
+  readonly http?: HttpSettings;
 }
 
 /**
@@ -69,6 +74,7 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
   registerErrorHandlers(app);
   registerHttpMetrics(app, deps.metrics);
   registerAuth(app, deps.apiKeys);
+  await registerRateLimits(app, deps);
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
@@ -79,7 +85,7 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
   });
   if (deps.site) registerSite(app, deps.site);
   else app.setNotFoundHandler(routeNotFound);
-  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes]) {
+  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes, apiKeyRoutes]) {
     await app.register(async (scope) => routes(scope.withTypeProvider<TypeBoxTypeProvider>(), deps));
   }
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

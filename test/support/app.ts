@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { createApp, type App, type AppOptions } from '../../src/app.ts';
-import type { Config } from '../../src/config.ts';
+import { loadConfig, type Config } from '../../src/config.ts';
 import { registerCleanup } from './processes.ts';
 import { createTestDatabase, type EngineName, type TestDatabase } from './engines.ts';
 
@@ -40,6 +40,8 @@ export function testDataDir(): string {
   return dir;
 }
 
+const TEST_DEFAULTS = loadConfig({ DATABANK_SITE_DIR: 'none' });
+
 /**
  * The config a test app runs with: everything default but the database, and files in a new
  * temporary folder (removed by `TestApp.close`); no site is deployed unless `files` says so.
@@ -57,6 +59,10 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
     files: overrides.files ?? localFiles(),
     instances: 1,
     shutdownTimeoutMs: 25_000,
+    // The defaults but the request limits: tests send thousands of requests, and many 401s, from
+    // one address; the tests of the limits set their own.
+    limits: { ...TEST_DEFAULTS.limits, rateLimitPerMinute: 10_000_000, authFailureLimitPerMinute: 10_000_000 },
+    http: TEST_DEFAULTS.http,
     ...overrides,
   };
 }

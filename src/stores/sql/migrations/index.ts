@@ -3,6 +3,8 @@ import * as m0001 from './0001_initial.ts';
 import * as m0002 from './0002_transfer_function.ts';
 import * as m0003 from './0003_files.ts';
 import * as m0004 from './0004_amount_checks.ts';
+import * as m0005 from './0005_currency_ledgers.ts';
+import * as m0006 from './0006_api_key_lifecycle.ts';
 
 /**
  * Every migration, by name; names sort in the order they run. `databank migrate make NAME` adds
@@ -14,5 +16,7 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = {
   '0002_transfer_function': m0002,
   '0003_files': m0003,
   '0004_amount_checks': m0004,
+  '0005_currency_ledgers': m0005,
+  '0006_api_key_lifecycle': m0006,
   // databank:migrations (new migrations are added above this line)
 };
