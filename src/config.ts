@@ -176,7 +176,7 @@ function parseLimits(env: Env, problems: string[]): LimitsSettings {
   if (trustRaw !== undefined && trustRaw !== '') {
     if (['true', 'false'].includes(trustRaw)) trustProxy = trustRaw === 'true';
     else if (/^\d{1,2}$/.test(trustRaw)) trustProxy = Number(trustRaw);
-    else if (/^[0-9A-Fa-f:.\/, ]+$/.test(trustRaw)) trustProxy = trustRaw;
+    else if (/^[0-9A-Fa-f:./, ]+$/.test(trustRaw)) trustProxy = trustRaw;
     else problems.push(`TRUST_PROXY: "${trustRaw}" is not true, false, a hop count or a list of proxy addresses/CIDRs`);
   }
   return {
