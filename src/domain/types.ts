@@ -1,11 +1,16 @@
 import type { AccountType, Currency } from './money.ts';
 
-/** A customer as the API shows it; `balance` is the sum of the customer's accounts. */
+/**
+ * A customer as the API shows it. `balances` sums the customer's accounts per currency held;
+ * `balance` is the sum of its accounts in the base currency (USD) only, as the chapter's query
+ * `sum(balance)` over a customer's accounts expects: amounts of different currencies never add up.
+ */
 export interface Customer {
   readonly id: number;
   readonly name: string;
   readonly date_of_birth: string;
   readonly balance: number;
+  readonly balances: Readonly<Partial<Record<Currency, number>>>;
 }
 
 export interface Account {
@@ -47,7 +52,11 @@ export interface Movement {
 export interface FeeRun {
   readonly reference: string;
   readonly amount: number;
+  readonly currency: Currency;
+  /** The first ledger transaction of the run (null when nothing was charged). */
   readonly transaction_id: number | null;
+  /** Every ledger transaction of the run, one per batch that charged something. */
+  readonly transaction_ids: readonly number[];
   readonly charged: readonly number[];
   readonly insufficient_funds: readonly number[];
   readonly already_charged: readonly number[];

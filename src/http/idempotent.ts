@@ -1,16 +1,20 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { DatabankError } from '../domain/errors.ts';
 import type { IdempotencyClaim, IdempotencyService } from '../services/idempotency.ts';
-import { requestHash } from '../services/idempotency.ts';
+import { IdempotentReplay, requestHash } from '../services/idempotency.ts';
 import { principalOf } from './auth.ts';
 import { errorBody, toDatabankError } from './error-handler.ts';
 
 const KEY_PATTERN = /^[\x21-\x7e]{1,255}$/;
 
+/** Refusals about the key itself: never stored as the key's answer. */
+const NOT_RECORDED = new Set(['DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT', 'DATABANK_ERR_IDEMPOTENCY_KEY_REUSED']);
+
 /**
- * Runs a money-moving handler under the request's `Idempotency-Key`, when it has one. A success
- * is recorded by the service inside the movement's transaction; a refusal (4xx) is recorded after,
- * so that a retry gets the same answer; anything else frees the key for a retry.
+ * Runs a money-moving handler under the request's `Idempotency-Key`, when it has one. The service
+ * claims the key in the movement's transaction and records a success there; a refusal (4xx) is
+ * recorded after, so that a retry gets the same answer; anything else records nothing, and the
+ * claim ended with the transaction, so a retry runs again.
  */
 export async function idempotent<T>(
   idempotency: IdempotencyService,
@@ -28,22 +32,21 @@ export async function idempotent<T>(
     body: request.body,
   });
   const outcome = await idempotency.begin(`key:${principal.keyId}`, key, hash);
-  if (outcome.kind === 'replay') {
-    return reply.code(outcome.status).header('idempotent-replayed', 'true').send(outcome.body);
-  }
+  if (outcome.kind === 'replay') return replay(reply, outcome.status, outcome.body);
   try {
     return reply.code(status).send(await run(outcome.claim));
   } catch (err) {
+    if (err instanceof IdempotentReplay) return replay(reply, err.status, err.body);
     const known = toDatabankError(err);
-    if (known && known.statusCode < 500) {
+    if (known && known.statusCode < 500 && !NOT_RECORDED.has(known.code)) {
       await idempotency.fail(outcome.claim, known.statusCode, errorBody(known));
-    } else {
-      await idempotency.release(outcome.claim).catch((releaseErr: unknown) => {
-        request.log.warn({ err: releaseErr }, 'could not release an idempotency key; it frees itself after its lock expires');
-      });
     }
     throw err;
   }
+}
+
+function replay(reply: FastifyReply, status: number, body: unknown): FastifyReply {
+  return reply.code(status).header('idempotent-replayed', 'true').send(body);
 }
 
 /**

@@ -14,13 +14,32 @@ export class AccountsService {
   constructor(
     private readonly db: Db,
     private readonly cache: CachedReads,
+    /** `DATABANK_MAX_ACCOUNTS_PER_CUSTOMER`. */
+    private readonly maxAccountsPerCustomer: number,
   ) {}
 
   async open(principal: Principal, customerId: number, input: { account_type: AccountType; currency?: Currency }) {
     assertOwns(principal, customerId);
     const account = await inTransaction(this.db.writer, async (trx): Promise<Account> => {
-      const customer = await trx.selectFrom('customers').select('id').where('id', '=', customerId).executeTakeFirst();
+      // The customer's row lock queues concurrent opens for one customer, so the count holds.
+      const customer = await trx
+        .selectFrom('customers')
+        .select('id')
+        .where('id', '=', customerId)
+        .forUpdate()
+        .executeTakeFirst();
       if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
+      const { count } = await trx
+        .selectFrom('accounts')
+        .select((eb) => eb.fn.countAll<number>().as('count'))
+        .where('customer_id', '=', customerId)
+        .executeTakeFirstOrThrow();
+      if (Number(count) >= this.maxAccountsPerCustomer) {
+        throw new DatabankError(
+          'DATABANK_ERR_QUOTA_EXCEEDED',
+          `accounts: customer ${customerId} already holds ${this.maxAccountsPerCustomer} accounts (DATABANK_MAX_ACCOUNTS_PER_CUSTOMER)`,
+        );
+      }
       const account = await trx
         .insertInto('accounts')
         .values({ customer_id: customerId, account_type: input.account_type, currency: input.currency ?? 'USD' })
@@ -53,8 +72,17 @@ export class AccountsService {
     return { value: value as Account, cache };
   }
 
-  async listForCustomer(principal: Principal, customerId: number): Promise<{ value: Page<Account>; cache: CacheOutcome }> {
+  /**
+   * A page of the customer's accounts in id order. The whole list (at most the account quota) is
+   * what the cache holds; pages are cut from it.
+   */
+  async listForCustomer(
+    principal: Principal,
+    customerId: number,
+    query: { limit: number; cursor?: string },
+  ): Promise<{ value: Page<Account>; cache: CacheOutcome }> {
     assertOwns(principal, customerId);
+    const after = decodeCursor(query.cursor) ?? 0;
     const { value, cache } = await this.cache.getOrLoad('customer-accounts', customerId, async () => {
       const [customer, accounts] = await read(() =>
         Promise.all([
@@ -70,7 +98,8 @@ export class AccountsService {
       return customer ? { result: accounts } : null;
     });
     if (!value) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${customerId} does not exist`);
-    return { value, cache };
+    const rest = value.result.filter((a) => a.account_id > after);
+    return { value: toPage(rest.slice(0, query.limit + 1), query.limit, (a) => a.account_id), cache };
   }
 
   /** The account's ledger entries, newest first. */

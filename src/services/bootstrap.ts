@@ -59,10 +59,11 @@ export async function seedIfEmpty(db: Kysely<Database>): Promise<boolean> {
     // Opening balances are deposits, so that every balance equals the sum of its ledger entries.
     await recordMovement(db, {
       kind: 'deposit',
+      currency: 'USD',
       reference: 'opening-balance',
       entries: [
         { account_id: c.id, amount: c.balance },
-        { system_account: 'cash', amount: -c.balance },
+        { system_account: 'cash:USD', amount: -c.balance },
       ],
       topic: 'deposit.completed',
       payload: { account_id: c.id, amount: c.balance },

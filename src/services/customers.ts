@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely';
 import { assertBirthDate, assertRealDate } from '../domain/dates.ts';
 import { DatabankError } from '../domain/errors.ts';
+import { BASE_CURRENCY } from '../domain/money.ts';
 import type { Customer, Page, Principal } from '../domain/types.ts';
 import type { Db } from '../stores/sql/port.ts';
 import type { Database } from '../stores/sql/schema.ts';
@@ -15,7 +16,10 @@ export interface ListCustomersQuery {
   readonly cursor?: string;
 }
 
-/** Customers: who they are, and the sum of what their accounts hold. */
+/**
+ * Customers: who they are, and what their accounts hold: `balances` per currency, and `balance`,
+ * the sum of the accounts in the base currency (USD) only.
+ */
 export class CustomersService {
   constructor(
     private readonly db: Db,
@@ -64,7 +68,7 @@ export class CustomersService {
         .values({ name: input.name, date_of_birth: input.date_of_birth })
         .returning(['id', 'name', 'date_of_birth'])
         .executeTakeFirstOrThrow();
-      const customer: Customer = { ...row, balance: 0 };
+      const customer: Customer = { ...row, balance: 0, balances: {} };
       await trx
         .insertInto('outbox')
         .values({ topic: 'customer.created', aggregate_id: String(row.id), payload: JSON.stringify(customer) })
@@ -102,9 +106,12 @@ export class CustomersService {
         'c.id',
         'c.name',
         'c.date_of_birth',
-        sql<number>`coalesce((select sum(a.balance) from accounts a where a.customer_id = c.id), 0)::bigint`.as(
-          'balance',
-        ),
+        sql<number>`coalesce((select sum(a.balance) from accounts a
+          where a.customer_id = c.id and a.currency = ${BASE_CURRENCY}), 0)::bigint`.as('balance'),
+        // jsonb keeps the sums exact: each is at most DATABANK_MAX_ACCOUNTS_PER_CUSTOMER × 10^14.
+        sql<Customer['balances']>`coalesce((select jsonb_object_agg(s.currency, s.total) from (
+          select a.currency, sum(a.balance) as total from accounts a where a.customer_id = c.id group by a.currency
+        ) s), '{}'::jsonb)`.as('balances'),
       ]);
   }
 }

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import { DatabankError, fileStoreCall } from '../domain/errors.ts';
 import { SNIFF_BYTES, sniff, TextChecker, type AllowedType } from '../domain/file-types.ts';
 import type { Page, Principal } from '../domain/types.ts';
@@ -9,7 +9,7 @@ import type { Db } from '../stores/sql/port.ts';
 import type { Database } from '../stores/sql/schema.ts';
 import { assertOwns } from './access.ts';
 import { decodeCursor, toPage } from './paging.ts';
-import { read } from './transaction.ts';
+import { inTransaction, read } from './transaction.ts';
 
 /** A customer file as the API shows it. */
 export interface FileMeta {
@@ -20,6 +20,11 @@ export interface FileMeta {
   readonly size: number;
   readonly sha256: string;
   readonly created_at: string;
+}
+
+export interface FileQuota {
+  readonly maxFiles: number;
+  readonly maxBytes: number;
 }
 
 export interface UploadInput {
@@ -56,6 +61,8 @@ export class FilesService {
     private readonly store: FileStore,
     private readonly maxBytes: number,
     private readonly onOrphan: (key: string, err: unknown) => void = () => undefined,
+    /** What one customer may keep: `DATABANK_MAX_FILES_PER_CUSTOMER`, `DATABANK_MAX_FILE_BYTES_PER_CUSTOMER`. */
+    private readonly quota: FileQuota = { maxFiles: Number.MAX_SAFE_INTEGER, maxBytes: Number.MAX_SAFE_INTEGER },
   ) {}
 
   get maxUploadBytes(): number {
@@ -75,6 +82,11 @@ export class FilesService {
   ): Promise<FileMeta> {
     await this.assertCustomer(principal, customerId, this.db.writer);
     if (declaredBytes !== null && declaredBytes > this.maxBytes) throw this.tooLarge();
+    // Refused before a byte is read when the customer is already at a quota, or the declared
+    // size would pass it; the bytes left under the quota bound the body like the upload limit.
+    const used = await this.usage(this.db.writer, customerId);
+    this.assertQuota(customerId, used, declaredBytes ?? 0);
+    const room = this.quota.maxBytes - used.bytes;
     const input = await open();
     checkFilename(input.filename);
     const source = input.body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
@@ -113,9 +125,10 @@ export class FilesService {
     const hash = createHash('sha256').update(head);
     // The checker has seen the first bytes (and, for a short file, its end) while sniffing.
     const text = type === 'text/plain' ? checker : null;
-    const maxBytes = this.maxBytes;
+    const maxBytes = Math.min(this.maxBytes, room);
     let size = head.length;
-    const tooLarge = () => this.tooLarge();
+    const tooLarge = () => (room < this.maxBytes ? this.bytesQuota(customerId) : this.tooLarge());
+    if (size > maxBytes) throw tooLarge();
     async function* rest(): AsyncGenerator<Buffer> {
       yield head;
       if (ended) return;
@@ -142,11 +155,17 @@ export class FilesService {
     }
     const sha256 = hash.digest('hex');
     try {
-      const row = await this.db.writer
-        .insertInto('files')
-        .values({ customer_id: customerId, filename: input.filename, content_type: type, size, sha256, object_key: key })
-        .returningAll()
-        .executeTakeFirstOrThrow();
+      const row = await inTransaction(this.db.writer, async (trx) => {
+        // The customer's row lock queues this customer's uploads here, so the quota holds for
+        // concurrent ones; the count is taken again under it.
+        await trx.selectFrom('customers').select('id').where('id', '=', customerId).forUpdate().executeTakeFirst();
+        this.assertQuota(customerId, await this.usage(trx, customerId), size);
+        return trx
+          .insertInto('files')
+          .values({ customer_id: customerId, filename: input.filename, content_type: type, size, sha256, object_key: key })
+          .returningAll()
+          .executeTakeFirstOrThrow();
+      });
       return toMeta(row);
     } catch (err) {
       await this.store.delete(key).catch((e: unknown) => this.onOrphan(key, e));
@@ -257,6 +276,36 @@ export class FilesService {
     if (err instanceof DatabankError) return err;
     if ((err as { statusCode?: unknown }).statusCode === 413) return this.tooLarge();
     return new DatabankError('DATABANK_ERR_BAD_UPLOAD', undefined, { cause: err });
+  }
+
+  /** The customer's files now: how many, and their bytes. */
+  private async usage(db: Kysely<Database>, customerId: number): Promise<{ files: number; bytes: number }> {
+    const row = await read(() =>
+      db
+        .selectFrom('files')
+        .select((eb) => [eb.fn.countAll<number>().as('files'), sql<number>`coalesce(sum(size), 0)::bigint`.as('bytes')])
+        .where('customer_id', '=', customerId)
+        .executeTakeFirstOrThrow(),
+    );
+    return { files: Number(row.files), bytes: Number(row.bytes) };
+  }
+
+  /** Refuses a new file of `bytes` bytes when it would pass one of the customer's quotas. */
+  private assertQuota(customerId: number, used: { files: number; bytes: number }, bytes: number): void {
+    if (used.files >= this.quota.maxFiles) {
+      throw new DatabankError(
+        'DATABANK_ERR_QUOTA_EXCEEDED',
+        `files: customer ${customerId} already holds ${this.quota.maxFiles} files (DATABANK_MAX_FILES_PER_CUSTOMER)`,
+      );
+    }
+    if (used.bytes + bytes > this.quota.maxBytes) throw this.bytesQuota(customerId);
+  }
+
+  private bytesQuota(customerId: number): DatabankError {
+    return new DatabankError(
+      'DATABANK_ERR_QUOTA_EXCEEDED',
+      `file bytes: customer ${customerId} would hold more than ${this.quota.maxBytes} bytes of files (DATABANK_MAX_FILE_BYTES_PER_CUSTOMER)`,
+    );
   }
 
   private tooLarge(): DatabankError {

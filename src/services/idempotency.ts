@@ -7,22 +7,37 @@ import { read } from './transaction.ts';
 
 /** How long a key is remembered, as Stripe does. */
 export const KEY_TTL_MS = 24 * 60 * 60 * 1000;
-/**
- * How long a claim blocks others. The claim's completion commits with the movement itself, so a
- * claim still open after this long belongs to a process that died before committing anything:
- * the key may be used again.
- */
-export const CLAIM_LOCK_MS = 60 * 1000;
 
-/** A key this request now owns; pass it to the service so the result commits with the movement. */
+/** A key this request may use, once its transaction holds the key's lock (`claim`). */
 export interface IdempotencyClaim {
   readonly scope: string;
   readonly key: string;
+  /** The request's fingerprint, stored with its answer. */
+  readonly hash: string;
 }
 
 export type IdempotencyOutcome =
   | { readonly kind: 'claimed'; readonly claim: IdempotencyClaim }
   | { readonly kind: 'replay'; readonly status: number; readonly body: unknown };
+
+/**
+ * Thrown inside a movement's transaction when, holding the key's lock, it finds that an earlier
+ * request with the same key has finished meanwhile: the HTTP layer answers with that response.
+ */
+export class IdempotentReplay extends Error {
+  constructor(
+    readonly status: number,
+    readonly body: unknown,
+  ) {
+    super('idempotent replay');
+    this.name = 'IdempotentReplay';
+  }
+}
+
+/** The advisory lock key of an idempotency key: the same expression in SQL everywhere. */
+export function claimLockKey(scope: string, key: string) {
+  return sql<bigint>`hashtextextended(${`${scope} ${key}`}, 0)`;
+}
 
 /** Fingerprint of a request: method, route and a canonical form of the body. */
 export function requestHash(method: string, route: string, body: unknown): string {
@@ -41,97 +56,83 @@ function canonicalJson(value: unknown): string {
 /**
  * Idempotency keys with Stripe's semantics: the same key and request replays the stored response;
  * the same key with another request is refused (422); a key whose first request is still running
- * is refused (409). The stored response commits in the same transaction as the movement, so a
- * replay never describes a movement that did not happen, and a movement never lacks its record.
- * Every statement here writes or decides a write, so all of them run on `writer`.
+ * is refused (409).
+ *
+ * A claim is a transaction-scoped advisory lock on the key, taken by the movement's own transaction
+ * (`claim`), and the stored response is inserted by that transaction (`complete`). So a response
+ * is never stored without its movement nor a movement without its response, and a claim dies with
+ * its holder: a crashed app's connection closes, PostgreSQL rolls its transaction back and drops
+ * the lock, and the client's retry runs at once instead of waiting for a timeout. Every statement
+ * here writes or decides a write, so all of them run on `writer`; times are the database's.
  */
 export class IdempotencyService {
   constructor(private readonly db: Db) {}
 
+  /**
+   * Before the transaction: a stored response for this key replays (or, for another request, is
+   * refused); otherwise the request may try to claim the key in its transaction.
+   */
   async begin(scope: string, key: string, hash: string): Promise<IdempotencyOutcome> {
-    const now = Date.now();
-    const claimed = await read(() =>
-      this.db.writer
-        .insertInto('idempotency_keys')
-        .values({
-          scope,
-          key,
-          request_hash: hash,
-          state: 'in_flight',
-          locked_until: new Date(now + CLAIM_LOCK_MS),
-          expires_at: new Date(now + KEY_TTL_MS),
-        })
-        .onConflict((oc) =>
-          oc
-            .columns(['scope', 'key'])
-            .doUpdateSet({
-              request_hash: (eb) => eb.ref('excluded.request_hash'),
-              state: 'in_flight',
-              response_status: null,
-              response_body: null,
-              locked_until: (eb) => eb.ref('excluded.locked_until'),
-              expires_at: (eb) => eb.ref('excluded.expires_at'),
-            })
-            // Take the key over only when it expired, or when its owner died before committing.
-            .where((eb) =>
-              eb.or([
-                eb('idempotency_keys.expires_at', '<', sql<Date>`now()`),
-                eb.and([
-                  eb('idempotency_keys.state', '=', 'in_flight'),
-                  eb('idempotency_keys.locked_until', '<', sql<Date>`now()`),
-                  eb('idempotency_keys.request_hash', '=', hash),
-                ]),
-              ]),
-            ),
-        )
-        .returning(['scope'])
-        .executeTakeFirst(),
-    );
-    if (claimed) return { kind: 'claimed', claim: { scope, key } };
-    // The key's row may have been written a moment ago by another request: only the primary is
-    // sure to show it, and its state decides whether this request may run.
-    const existing = await read(() =>
-      this.db.writer
-        .selectFrom('idempotency_keys')
-        .select(['request_hash', 'state', 'response_status', 'response_body'])
-        .where('scope', '=', scope)
-        .where('key', '=', key)
-        .executeTakeFirst(),
-    );
-    // Deleted between the two statements (a released claim): the client may simply retry.
-    if (!existing) throw new DatabankError('DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT');
-    if (existing.request_hash !== hash) throw new DatabankError('DATABANK_ERR_IDEMPOTENCY_KEY_REUSED');
-    if (existing.state === 'in_flight' || existing.response_status === null) {
-      throw new DatabankError('DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT');
-    }
-    return { kind: 'replay', status: existing.response_status, body: existing.response_body };
+    const existing = await read(() => this.stored(this.db.writer, scope, key));
+    if (existing) return this.replayOf(existing, hash);
+    return { kind: 'claimed', claim: { scope, key, hash } };
   }
 
-  /** Records the response inside the movement's transaction. */
+  /**
+   * First statement of the movement's transaction: locks the key until the transaction ends, or
+   * refuses with 409 when another transaction holds it; then, under the lock, replays a response
+   * stored since `begin` looked.
+   */
+  async claim(trx: Kysely<Database>, claim: IdempotencyClaim): Promise<void> {
+    const { rows } = await sql<{ locked: boolean }>`
+      select pg_try_advisory_xact_lock(${claimLockKey(claim.scope, claim.key)}) as locked`.execute(trx);
+    if (!rows[0]?.locked) throw new DatabankError('DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT');
+    const existing = await this.stored(trx, claim.scope, claim.key);
+    if (existing) {
+      const outcome = this.replayOf(existing, claim.hash);
+      if (outcome.kind === 'replay') throw new IdempotentReplay(outcome.status, outcome.body);
+    }
+  }
+
+  /** Records the response inside the movement's transaction (which holds the claim). */
   async complete(db: Kysely<Database>, claim: IdempotencyClaim, status: number, body: unknown): Promise<void> {
     await db
-      .updateTable('idempotency_keys')
-      .set({ state: 'done', response_status: status, response_body: JSON.stringify(body) })
-      .where('scope', '=', claim.scope)
-      .where('key', '=', claim.key)
+      .insertInto('idempotency_keys')
+      .values({
+        scope: claim.scope,
+        key: claim.key,
+        request_hash: claim.hash,
+        state: 'done',
+        response_status: status,
+        response_body: JSON.stringify(body),
+        expires_at: sql<Date>`now() + make_interval(secs => ${KEY_TTL_MS / 1000})`,
+      })
+      // Over an expired key, or one left in flight by a version before claims were locks; a live
+      // response stays (a refusal recorded after a retry already stored its answer).
+      .onConflict((oc) =>
+        oc
+          .columns(['scope', 'key'])
+          .doUpdateSet({
+            request_hash: (eb) => eb.ref('excluded.request_hash'),
+            state: 'done',
+            response_status: (eb) => eb.ref('excluded.response_status'),
+            response_body: sql`excluded.response_body`,
+            expires_at: (eb) => eb.ref('excluded.expires_at'),
+            created_at: sql<Date>`now()`,
+          })
+          .where((eb) =>
+            eb.or([eb('idempotency_keys.state', '<>', 'done'), eb('idempotency_keys.expires_at', '<', sql<Date>`now()`)]),
+          ),
+      )
       .execute();
   }
 
-  /** Records a refusal (insufficient funds, unknown account) so that a retry gets the same answer. */
+  /**
+   * Records a refusal (insufficient funds, unknown account) after its transaction rolled back, so
+   * that a retry gets the same answer. A response stored meanwhile by a retry wins.
+   */
   async fail(claim: IdempotencyClaim, status: number, body: unknown): Promise<void> {
     await read(() => this.complete(this.db.writer, claim, status, body));
-  }
-
-  /** Forgets a claim whose request neither succeeded nor was refused (database down, contention). */
-  async release(claim: IdempotencyClaim): Promise<void> {
-    await read(() =>
-      this.db.writer
-        .deleteFrom('idempotency_keys')
-        .where('scope', '=', claim.scope)
-        .where('key', '=', claim.key)
-        .where('state', '=', 'in_flight')
-        .execute(),
-    );
   }
 
   /** Deletes expired keys; returns how many. */
@@ -140,5 +141,25 @@ export class IdempotencyService {
       this.db.writer.deleteFrom('idempotency_keys').where('expires_at', '<', sql<Date>`now()`).executeTakeFirst(),
     );
     return Number(result.numDeletedRows ?? 0);
+  }
+
+  /** The key's stored response, unless it expired (rows in flight from before 0005 are ignored). */
+  private stored(db: Kysely<Database>, scope: string, key: string) {
+    return db
+      .selectFrom('idempotency_keys')
+      .select(['request_hash', 'response_status', 'response_body'])
+      .where('scope', '=', scope)
+      .where('key', '=', key)
+      .where('state', '=', 'done')
+      .where('expires_at', '>', sql<Date>`now()`)
+      .executeTakeFirst();
+  }
+
+  private replayOf(
+    row: { request_hash: string; response_status: number | null; response_body: unknown },
+    hash: string,
+  ): IdempotencyOutcome {
+    if (row.request_hash !== hash) throw new DatabankError('DATABANK_ERR_IDEMPOTENCY_KEY_REUSED');
+    return { kind: 'replay', status: row.response_status ?? 500, body: row.response_body };
   }
 }

@@ -1,14 +1,20 @@
 import { sql, type Kysely } from 'kysely';
+import type { Currency, SystemAccount } from '../domain/money.ts';
 import type { LedgerKind } from '../domain/types.ts';
 import type { Database } from '../stores/sql/schema.ts';
 
-/** One side of a movement: a customer account, or one of the bank's own system accounts. */
+/**
+ * One side of a movement: a customer account, or one of the bank's own system accounts. The
+ * currency must be the account's: the schema refuses anything else.
+ */
 export type EntryTarget =
   | { readonly account_id: number; readonly amount: number }
-  | { readonly system_account: 'cash' | 'fee_income'; readonly amount: number };
+  | { readonly system_account: SystemAccount; readonly amount: number };
 
 export interface Movement {
   readonly kind: LedgerKind;
+  /** Every entry's currency: a movement stays in one currency, and sums to zero in it. */
+  readonly currency: Currency;
   readonly reference: string | null;
   readonly entries: readonly EntryTarget[];
   /** The outbox event's topic; its payload gets `transaction_id` and `created_at` added. */
@@ -24,9 +30,10 @@ export interface Recorded {
 }
 
 /**
- * Writes a movement in one statement: the ledger transaction, its entries (which must sum to zero:
- * the schema refuses otherwise), the new balances and the outbox event. The caller has locked the
- * accounts and checked the rules; this keeps the round trips per movement to one.
+ * Writes a movement in one statement: the ledger transaction, its entries (which must sum to zero
+ * in their currency, and be in their accounts' currency: the schema refuses otherwise), the new
+ * balances and the outbox event. The caller has locked the accounts and checked the rules; this
+ * keeps the round trips per movement to one.
  */
 export async function recordMovement(trx: Kysely<Database>, m: Movement): Promise<Recorded> {
   const accountIds = m.entries.map((e) => ('account_id' in e ? e.account_id : null));
@@ -47,8 +54,8 @@ export async function recordMovement(trx: Kysely<Database>, m: Movement): Promis
       returning a.account_id, a.balance
     ),
     e as (
-      insert into ledger_entries (transaction_id, account_id, system_account, amount)
-      select t.id, d.account_id, d.system_account, d.amount from t, d
+      insert into ledger_entries (transaction_id, account_id, system_account, currency, amount)
+      select t.id, d.account_id, d.system_account, ${m.currency}, d.amount from t, d
     ),
     o as (
       insert into outbox (topic, aggregate_id, payload)

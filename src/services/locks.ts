@@ -1,9 +1,10 @@
+import type { Currency } from '../domain/money.ts';
 import type { Tx } from './transaction.ts';
 
 export interface LockedAccount {
   readonly account_id: number;
   readonly customer_id: number;
-  readonly currency: string;
+  readonly currency: Currency;
   readonly balance: number;
 }
 

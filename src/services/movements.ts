@@ -1,5 +1,5 @@
 import { DatabankError } from '../domain/errors.ts';
-import { assertAmount } from '../domain/money.ts';
+import { assertAmount, assertWithinBalance } from '../domain/money.ts';
 import type { Movement, Principal } from '../domain/types.ts';
 import type { Db } from '../stores/sql/port.ts';
 import { assertAdmin } from './access.ts';
@@ -15,6 +15,8 @@ export class MovementsService {
     private readonly db: Db,
     private readonly idempotency: IdempotencyService,
     private readonly cache: CachedReads,
+    /** `DATABANK_MAX_BALANCE`: a deposit never takes an account past it. */
+    private readonly maxBalance: number,
     private readonly retry?: RetryOptions,
   ) {}
 
@@ -38,18 +40,21 @@ export class MovementsService {
     const { movement, customerId } = await inTransaction(
       this.db.writer,
       async (trx) => {
+        if (claim) await this.idempotency.claim(trx, claim);
         const account = (await lockAccounts(trx, [accountId])).get(accountId);
         if (!account) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `account ${accountId} does not exist`);
         if (kind === 'withdrawal' && account.balance < amount) {
           throw new DatabankError('DATABANK_ERR_INSUFFICIENT_FUNDS', `account ${accountId} holds less than ${amount}`);
         }
+        if (kind === 'deposit') assertWithinBalance(accountId, account.balance, amount, this.maxBalance);
         const delta = kind === 'deposit' ? amount : -amount;
         const recorded = await recordMovement(trx, {
           kind,
+          currency: account.currency,
           reference: null,
           entries: [
             { account_id: accountId, amount: delta },
-            { system_account: 'cash', amount: -delta },
+            { system_account: `cash:${account.currency}`, amount: -delta },
           ],
           topic: `${kind}.completed`,
           payload: { account_id: accountId, amount },

@@ -62,6 +62,12 @@ export async function withRetry<T>(attempt: () => Promise<T>, retry: RetryOption
 export function translateDbError(err: unknown): unknown {
   if (err instanceof DatabankError) return err;
   const state = sqlState(err);
+  // The database's own ceiling on balances (migration 0005), should a caller skip the services'.
+  if (state === '23514' && /accounts_balance_max/.test(`${(err as { constraint?: string }).constraint} ${(err as Error).message}`)) {
+    return new DatabankError('DATABANK_ERR_BALANCE_LIMIT', undefined, { cause: err });
+  }
+  // lock_timeout: a row lock was held too long by someone else; nothing was applied.
+  if (state === '55P03') return new DatabankError('DATABANK_ERR_CONTENTION', undefined, { cause: err });
   const errno = (err as NodeJS.ErrnoException | undefined)?.code;
   const message = err instanceof Error ? err.message : '';
   if (

@@ -16,8 +16,8 @@ for (const engine of ENGINES) {
       const res = await get('/customers?born_after=1950-12-31');
       expect(res.statusCode).toBe(200);
       expect(res.body).toBe(
-        '{"result":[{"id":2,"name":"Karen Johnson","date_of_birth":"1989-11-18","balance":4853},' +
-          '{"id":3,"name":"Wade Feinstein","date_of_birth":"1965-02-25","balance":2150}]}',
+        '{"result":[{"id":2,"name":"Karen Johnson","date_of_birth":"1989-11-18","balance":4853,"balances":{"USD":4853}},' +
+          '{"id":3,"name":"Wade Feinstein","date_of_birth":"1965-02-25","balance":2150,"balances":{"USD":2150}}]}',
       );
     });
 
@@ -28,7 +28,7 @@ for (const engine of ENGINES) {
       expect(typeof cursor).toBe('string');
       const second = await get(`/customers?limit=2&cursor=${cursor}`);
       expect(second.json()).toEqual({
-        result: [{ id: 3, name: 'Wade Feinstein', date_of_birth: '1965-02-25', balance: 2150 }],
+        result: [{ id: 3, name: 'Wade Feinstein', date_of_birth: '1965-02-25', balance: 2150, balances: { USD: 2150 } }],
       });
       const bad = await get('/customers?cursor=bm90LWEtY3Vyc29y');
       expect(bad.statusCode).toBe(400);
@@ -61,7 +61,7 @@ for (const engine of ENGINES) {
       });
       expect(ok.statusCode).toBe(201);
       const id = ok.json().id as number;
-      expect(ok.json()).toEqual({ id, name: 'Ada Lovelace', date_of_birth: '1990-12-10', balance: 0 });
+      expect(ok.json()).toEqual({ id, name: 'Ada Lovelace', date_of_birth: '1990-12-10', balance: 0, balances: {} });
       expect(id).toBeGreaterThan(3);
 
       for (const account_type of ['checking', 'savings']) {
@@ -86,6 +86,7 @@ for (const engine of ENGINES) {
         name: 'Ada Lovelace',
         date_of_birth: '1990-12-10',
         balance: 500,
+        balances: { USD: 500 },
       });
       const renamed = await t.app.http.inject({
         method: 'PATCH',
@@ -110,6 +111,7 @@ for (const engine of ENGINES) {
         name: 'Brian Kim',
         date_of_birth: '1948-09-23',
         balance: 1500,
+        balances: { USD: 1500 },
       });
     });
 

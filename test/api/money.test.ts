@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { customerKey, startTestApp, type TestApp } from '../support/app.ts';
 import { ENGINES } from '../support/engines.ts';
 import { balances, checkLedger } from '../support/invariants.ts';
-import { requestHash } from '../../src/services/idempotency.ts';
+import { sql } from 'kysely';
+import { claimLockKey } from '../../src/services/idempotency.ts';
 
 for (const engine of ENGINES) {
   describe(`money movement on ${engine}`, () => {
@@ -48,7 +49,7 @@ for (const engine of ENGINES) {
         [{ from_account_id: 1, to_account_id: 2, amount: -5 }, 400, 'DATABANK_ERR_VALIDATION'],
         [{ from_account_id: 1, to_account_id: 2, amount: 1.5 }, 400, 'DATABANK_ERR_VALIDATION'],
         [{ from_account_id: 1, to_account_id: 2, amount: '100' }, 400, 'DATABANK_ERR_VALIDATION'],
-        [{ from_account_id: 1, to_account_id: 2, amount: 1_000_000_000_001 }, 400, 'DATABANK_ERR_VALIDATION'],
+        [{ from_account_id: 1, to_account_id: 2, amount: 100_000_000_000_001 }, 400, 'DATABANK_ERR_VALIDATION'],
         [{ from_account_id: 1, to_account_id: 2, amount: 1, memo: 'x' }, 400, 'DATABANK_ERR_VALIDATION'],
       ];
       for (const [payload, status, code] of cases) {
@@ -151,24 +152,45 @@ for (const engine of ENGINES) {
       expect(otherScope.statusCode).toBe(201);
     });
 
-    it('answers 409 while the first request with a key is still in flight, then runs once it is released', async () => {
-      const principal = await t.app.deps.apiKeys.authenticate(t.adminKey);
-      const payload = { from_account_id: 2, to_account_id: 3, amount: 1 };
-      const headers = { ...t.admin, 'idempotency-key': 'in-flight-1' };
-      // Claim the key exactly as a concurrent, still-running request with this body would.
-      const hash = requestHash('POST', '/transfers', { params: {}, body: payload });
-      const outcome = await t.app.deps.idempotency.begin(`key:${principal.keyId}`, 'in-flight-1', hash);
-      if (outcome.kind !== 'claimed') throw new Error('expected to claim the key');
+    it.runIf(engine === 'postgres')(
+      'answers 409 while a transaction holds the key, and runs once that transaction has ended',
+      async () => {
+        const principal = await t.app.deps.apiKeys.authenticate(t.adminKey);
+        const payload = { from_account_id: 2, to_account_id: 3, amount: 1 };
+        const headers = { ...t.admin, 'idempotency-key': 'in-flight-1' };
+        const before = await balances(t.app.sql.db);
+        // Hold the key's claim exactly as a concurrent, still-running request does: its lock, in a
+        // transaction of another connection; rolling back is that request failing (or crashing).
+        await t.app.sql.db
+          .transaction()
+          .execute(async (trx) => {
+            await sql`select pg_advisory_xact_lock(${claimLockKey(`key:${principal.keyId}`, 'in-flight-1')})`.execute(trx);
+            const busy = await post('/transfers', payload, headers);
+            expect(busy.statusCode).toBe(409);
+            expect(busy.json().code).toBe('DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT');
+            expect(await balances(t.app.sql.db)).toEqual(before);
+            throw new Error('roll back');
+          })
+          .catch((err: Error) => expect(err.message).toBe('roll back'));
+        const retried = await post('/transfers', payload, headers);
+        expect(retried.statusCode).toBe(201);
+        expect((await balances(t.app.sql.db))[2]).toBe((before[2] as number) - 1);
+      },
+    );
+
+    it('runs concurrent requests with one key once: each answer is the movement or 409 in flight', async () => {
       const before = await balances(t.app.sql.db);
-      const busy = await post('/transfers', payload, headers);
-      expect(busy.statusCode).toBe(409);
-      expect(busy.json().code).toBe('DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT');
-      expect(await balances(t.app.sql.db)).toEqual(before);
-      // The first request failed without moving money and freed the key: a retry runs.
-      await t.app.deps.idempotency.release(outcome.claim);
-      const retried = await post('/transfers', payload, headers);
-      expect(retried.statusCode).toBe(201);
-      expect((await balances(t.app.sql.db))[2]).toBe((before[2] as number) - 1);
+      const headers = { ...t.admin, 'idempotency-key': 'concurrent-1' };
+      const answers = await Promise.all(
+        Array.from({ length: 8 }, () => post('/accounts/3/deposits', { amount: 11 }, headers)),
+      );
+      const created = answers.filter((r) => r.statusCode === 201);
+      const busy = answers.filter((r) => r.statusCode === 409);
+      expect(created.length + busy.length).toBe(8);
+      expect(created.length).toBeGreaterThanOrEqual(1);
+      for (const r of busy) expect(r.json().code).toBe('DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT');
+      expect(new Set(created.map((r) => r.json().transaction_id)).size).toBe(1);
+      expect((await balances(t.app.sql.db))[3]).toBe((before[3] as number) + 11);
     });
 
     it('rejects malformed Idempotency-Key headers', async () => {

@@ -1,6 +1,7 @@
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seedIfEmpty } from '../../src/services/bootstrap.ts';
+import { BALANCE_CEILING } from '../../src/config.ts';
 import { inTransaction } from '../../src/services/transaction.ts';
 import { openSqlStore, type SqlStore } from '../../src/stores/sql/index.ts';
 import { createMigrator, unwrap } from '../../src/stores/sql/migrator.ts';
@@ -23,7 +24,7 @@ for (const engine of ENGINES) {
     });
 
     const transfer = (amount: number) =>
-      sql<{ outcome: string }>`select outcome from databank_transfer(1, 2, ${amount}::bigint, null, null, null)`.execute(
+      sql<{ outcome: string }>`select outcome from databank_transfer(1, 2, ${amount}::bigint, null, null, null, null, ${BALANCE_CEILING}::bigint)`.execute(
         store.db,
       );
     /** Balances, ledger entries and outbox rows: what a refused transfer must leave alone. */
@@ -56,8 +57,8 @@ for (const engine of ENGINES) {
         store.db,
       );
       await expect(
-        sql`insert into ledger_entries (transaction_id, account_id, system_account, amount)
-            values (${tx.rows[0]?.id}::bigint, 1, null, 0), (${tx.rows[0]?.id}::bigint, null, 'cash', 0)`.execute(store.db),
+        sql`insert into ledger_entries (transaction_id, account_id, system_account, currency, amount)
+            values (${tx.rows[0]?.id}::bigint, 1, null, 'USD', 0), (${tx.rows[0]?.id}::bigint, null, 'cash:USD', 'USD', 0)`.execute(store.db),
       ).rejects.toMatchObject({ code: '23514' });
     });
 
@@ -89,6 +90,12 @@ for (const engine of ENGINES) {
       expect(await guarded()).toEqual({ guard: true, checks: 1 });
       unwrap(await migrator.migrateTo('0003_files'));
       expect(await guarded()).toEqual({ guard: false, checks: 0 });
+      unwrap(await migrator.migrateTo('0004_amount_checks'));
+      expect(await guarded()).toEqual({ guard: true, checks: 1 });
+      // 0004's own signature, as 0005's down restored it.
+      await expect(
+        sql`select outcome from databank_transfer(1, 2, -500, null, null, null)`.execute(store.db),
+      ).rejects.toMatchObject({ code: '22023' });
       unwrap(await migrator.migrateToLatest());
       expect(await guarded()).toEqual({ guard: true, checks: 1 });
       await expect(transfer(-500)).rejects.toMatchObject({ code: '22023' });

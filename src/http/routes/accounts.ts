@@ -2,7 +2,7 @@ import { Type } from 'typebox';
 import { ACCOUNT_TYPES, CURRENCIES } from '../../domain/money.ts';
 import { principalOf } from '../auth.ts';
 import type { HttpDeps } from '../deps.ts';
-import { Account, COMMON_ERRORS, IdParams, limitOf, OneOf, PageOf, PagingQuery, Timestamp } from '../schemas.ts';
+import { Account, COMMON_ERRORS, ErrorBody, IdParams, limitOf, OneOf, PageOf, PagingQuery, Timestamp } from '../schemas.ts';
 import type { TypedApp } from '../typed-app.ts';
 
 const OpenBody = Type.Object(
@@ -26,7 +26,15 @@ const Entry = Type.Object({
 export async function accountRoutes(app: TypedApp, deps: HttpDeps): Promise<void> {
   app.post(
     '/customers/:id/accounts',
-    { schema: { tags: ['accounts'], params: IdParams, body: OpenBody, response: { 201: Account, ...COMMON_ERRORS } } },
+    {
+      schema: {
+        tags: ['accounts'],
+        description: 'Opens an account; 409 DATABANK_ERR_QUOTA_EXCEEDED past DATABANK_MAX_ACCOUNTS_PER_CUSTOMER',
+        params: IdParams,
+        body: OpenBody,
+        response: { 201: Account, ...COMMON_ERRORS, 409: ErrorBody },
+      },
+    },
     async (request, reply) => {
       const account = await deps.accounts.open(principalOf(request), request.params.id, request.body);
       return reply.code(201).send(account);
@@ -35,9 +43,21 @@ export async function accountRoutes(app: TypedApp, deps: HttpDeps): Promise<void
 
   app.get(
     '/customers/:id/accounts',
-    { schema: { tags: ['accounts'], params: IdParams, response: { 200: PageOf(Account), ...COMMON_ERRORS } } },
+    {
+      schema: {
+        tags: ['accounts'],
+        description: "The customer's accounts in id order, paged",
+        params: IdParams,
+        querystring: PagingQuery,
+        response: { 200: PageOf(Account), ...COMMON_ERRORS },
+      },
+    },
     async (request, reply) => {
-      const { value, cache } = await deps.accounts.listForCustomer(principalOf(request), request.params.id);
+      const { query } = request;
+      const { value, cache } = await deps.accounts.listForCustomer(principalOf(request), request.params.id, {
+        limit: limitOf(query),
+        cursor: query.cursor,
+      });
       return reply.header('x-cache', cache).send(value);
     },
   );

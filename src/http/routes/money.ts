@@ -3,7 +3,8 @@ import { isDatabankError } from '../../domain/errors.ts';
 import { principalOf } from '../auth.ts';
 import type { HttpDeps } from '../deps.ts';
 import { idempotent } from '../idempotent.ts';
-import { Amount, COMMON_ERRORS, ErrorBody, IDEMPOTENCY_HEADERS, IdParams, IdValue, Timestamp } from '../schemas.ts';
+import { CURRENCIES } from '../../domain/money.ts';
+import { Amount, COMMON_ERRORS, ErrorBody, IDEMPOTENCY_HEADERS, IdParams, IdValue, OneOf, Timestamp } from '../schemas.ts';
 import type { TypedApp } from '../typed-app.ts';
 
 const AmountBody = Type.Object({ amount: Amount }, { additionalProperties: false });
@@ -12,7 +13,16 @@ const TransferBody = Type.Object(
   { additionalProperties: false },
 );
 const FeeBody = Type.Object(
-  { amount: Amount, reference: Type.String({ minLength: 1, maxLength: 128, pattern: '^[\\x21-\\x7e]+$' }) },
+  {
+    amount: Amount,
+    reference: Type.String({
+      minLength: 1,
+      maxLength: 128,
+      pattern: '^[\\x21-\\x7e]+$',
+      description: '1 to 128 printable ASCII characters without spaces',
+    }),
+    currency: Type.Optional(OneOf(CURRENCIES)),
+  },
   { additionalProperties: false },
 );
 
@@ -34,7 +44,9 @@ const TransferResponse = Type.Object({
 const FeeResponse = Type.Object({
   reference: Type.String(),
   amount: Type.Integer(),
-  transaction_id: Type.Union([Type.Integer(), Type.Null()]),
+  currency: OneOf(CURRENCIES),
+  transaction_id: Type.Union([Type.Integer(), Type.Null()], { description: 'the first batch\'s ledger transaction' }),
+  transaction_ids: Type.Array(Type.Integer(), { description: 'one ledger transaction per batch that charged' }),
   charged: Type.Array(Type.Integer()),
   insufficient_funds: Type.Array(Type.Integer()),
   already_charged: Type.Array(Type.Integer()),
@@ -98,16 +110,18 @@ export async function moneyRoutes(app: TypedApp, deps: HttpDeps): Promise<void> 
     {
       schema: {
         tags: ['money'],
-        description: 'Charge `amount` to every account in one transaction; a reference charges an account once',
+        description:
+          'Charge `amount` to every account in `currency` (default USD), in batches of accounts, each one ' +
+          'transaction booked into `fee_income:<currency>`; a reference charges an account once',
         headers: IDEMPOTENCY_HEADERS,
         body: FeeBody,
         response: { 200: FeeResponse, ...MONEY_ERRORS },
       },
     },
     async (request, reply) => {
-      const { amount, reference } = request.body;
+      const { amount, reference, currency } = request.body;
       return idempotent(deps.idempotency, request, reply, 200, (claim) =>
-        deps.fees.charge(principalOf(request), amount, reference, claim),
+        deps.fees.charge(principalOf(request), amount, reference, claim, currency),
       );
     },
   );

@@ -126,6 +126,11 @@ export async function openPostgres(options: PostgresOptions): Promise<SqlStore> 
     // A stuck transaction must not hold account locks forever.
     idle_in_transaction_session_timeout: 60_000,
     statement_timeout: 30_000,
+    // A writer waits this long for a row lock, then gives up (retried, then 503) instead of
+    // queueing behind a stuck holder; the fee run's batches never hold many locks for long.
+    lock_timeout: 10_000,
+    // Names the app's sessions in pg_stat_activity and the server's logs.
+    application_name: 'databank',
     types: {
       getTypeParser: ((oid: number, format?: string) =>
         PARSERS[oid] ?? pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,

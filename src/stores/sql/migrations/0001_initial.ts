@@ -1,6 +1,24 @@
 import type { Kysely } from 'kysely';
 import { runStatements } from '../run-statements.ts';
 
+/** The zero-sum rule as 0001 wrote it; 0005's down puts it back. */
+export const BALANCED_TRIGGER_FUNCTION = `create or replace function ledger_entries_balanced() returns trigger language plpgsql as $$
+    declare
+      bad record;
+    begin
+      select transaction_id, count(*) as n, sum(amount) as total into bad
+        from new_entries
+        group by transaction_id
+        having count(*) < 2 or sum(amount) <> 0
+        limit 1;
+      if found then
+        raise exception 'ledger transaction % is unbalanced: % entries summing to %', bad.transaction_id, bad.n, bad.total
+          using errcode = '23514';
+      end if;
+      return null;
+    end;
+    $$`;
+
 /**
  * The bank's core: customers, accounts, a double-entry ledger, idempotency keys and API keys.
  * Every movement is a ledger transaction of two or more entries that sum to zero; a trigger refuses
@@ -40,22 +58,7 @@ export async function up(db: Kysely<unknown>): Promise<void> {
     )`,
     `create index ledger_entries_account_idx on ledger_entries (account_id, id) where account_id is not null`,
     `create index ledger_entries_transaction_idx on ledger_entries (transaction_id)`,
-    `create function ledger_entries_balanced() returns trigger language plpgsql as $$
-    declare
-      bad record;
-    begin
-      select transaction_id, count(*) as n, sum(amount) as total into bad
-        from new_entries
-        group by transaction_id
-        having count(*) < 2 or sum(amount) <> 0
-        limit 1;
-      if found then
-        raise exception 'ledger transaction % is unbalanced: % entries summing to %', bad.transaction_id, bad.n, bad.total
-          using errcode = '23514';
-      end if;
-      return null;
-    end;
-    $$`,
+    BALANCED_TRIGGER_FUNCTION,
     // Checked once per statement over the rows that statement inserted (its transition table):
     // every statement must add, per ledger transaction, two or more entries summing to zero. Then
     // every transaction sums to zero, whatever statements wrote it, and the check costs

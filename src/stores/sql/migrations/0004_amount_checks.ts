@@ -2,27 +2,8 @@ import type { Kysely } from 'kysely';
 import { runStatements } from '../run-statements.ts';
 import * as previous from './0002_transfer_function.ts';
 
-/**
- * The amount rules, held by the database too, so that a caller that skips the services (a script,
- * a console, a future service with a bug) cannot move 0 or a negative amount:
- *
- * - `databank_transfer` refuses an amount below 1 with SQLSTATE 22023 (invalid_parameter_value)
- *   before it locks anything. Before this, -500 moved money backwards: a transfer from A to B of
- *   -500 took 500 out of B without B's owner asking.
- * - A movement's amount is stored in its outbox event (there is no movements or transfers table:
- *   a movement is a ledger transaction), so the events of money topics must carry an amount > 0.
- *   Consumers read those events; a negative one would replay as the wrong movement.
- * - Ledger entries are already refused at 0 by 0001 (`amount <> 0`); their sign says the direction.
- */
-export async function up(db: Kysely<unknown>): Promise<void> {
-  await runStatements(db, [
-    `alter table outbox add constraint outbox_money_amount_positive check (
-      topic not in ('deposit.completed', 'withdrawal.completed', 'transfer.completed', 'fee.charged')
-      -- The case keeps the cast away from a payload whose amount is not a number.
-      or case when jsonb_typeof(payload -> 'amount') = 'number' then (payload ->> 'amount')::numeric > 0 else false end
-    )`,
-    // The body of 0002 with the amount check first; the signature and outcomes are unchanged.
-    `create or replace function databank_transfer(
+/** The body of 0002 with the amount check first; the signature and outcomes are unchanged. 0005's down puts it back. */
+export const TRANSFER_FUNCTION_0004 = `create or replace function databank_transfer(
       p_from bigint, p_to bigint, p_amount bigint, p_owner bigint, p_scope text, p_key text,
       out outcome text, out out_transfer_id bigint, out out_created_at text,
       out out_from_customer bigint, out out_to_customer bigint
@@ -78,7 +59,29 @@ export async function up(db: Kysely<unknown>): Promise<void> {
       out_to_customer := dst_owner;
       outcome := 'completed';
     end;
-    $$`,
+    $$`;
+
+/**
+ * The amount rules, held by the database too, so that a caller that skips the services (a script,
+ * a console, a future service with a bug) cannot move 0 or a negative amount:
+ *
+ * - `databank_transfer` refuses an amount below 1 with SQLSTATE 22023 (invalid_parameter_value)
+ *   before it locks anything. Before this, -500 moved money backwards: a transfer from A to B of
+ *   -500 took 500 out of B without B's owner asking.
+ * - A movement's amount is stored in its outbox event (there is no movements or transfers table:
+ *   a movement is a ledger transaction), so the events of money topics must carry an amount > 0.
+ *   Consumers read those events; a negative one would replay as the wrong movement.
+ * - Ledger entries are already refused at 0 by 0001 (`amount <> 0`); their sign says the direction.
+ */
+export async function up(db: Kysely<unknown>): Promise<void> {
+  await runStatements(db, [
+    `alter table outbox add constraint outbox_money_amount_positive check (
+      topic not in ('deposit.completed', 'withdrawal.completed', 'transfer.completed', 'fee.charged')
+      -- The case keeps the cast away from a payload whose amount is not a number.
+      or case when jsonb_typeof(payload -> 'amount') = 'number' then (payload ->> 'amount')::numeric > 0 else false end
+    )`,
+    // The body of 0002 with the amount check first; the signature and outcomes are unchanged.
+    TRANSFER_FUNCTION_0004,
   ]);
 }
 
