@@ -43,6 +43,16 @@ export function testDataDir(): string {
 const TEST_DEFAULTS = loadConfig({ DATABANK_SITE_DIR: 'none' });
 
 /**
+ * The limits test apps run with: the defaults but the request limits, since tests send thousands
+ * of requests, and many 401s, from one address; the tests of the limits set their own.
+ */
+export const TEST_LIMITS: Config['limits'] = {
+  ...TEST_DEFAULTS.limits,
+  rateLimitPerMinute: 10_000_000,
+  authFailureLimitPerMinute: 10_000_000,
+};
+
+/**
  * The config a test app runs with: everything default but the database, and files in a new
  * temporary folder (removed by `TestApp.close`); no site is deployed unless `files` says so.
  */
@@ -59,9 +69,7 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
     files: overrides.files ?? localFiles(),
     instances: 1,
     shutdownTimeoutMs: 25_000,
-    // The defaults but the request limits: tests send thousands of requests, and many 401s, from
-    // one address; the tests of the limits set their own.
-    limits: { ...TEST_DEFAULTS.limits, rateLimitPerMinute: 10_000_000, authFailureLimitPerMinute: 10_000_000 },
+    limits: TEST_LIMITS,
     http: TEST_DEFAULTS.http,
     ...overrides,
   };

@@ -8,8 +8,10 @@ export interface LedgerCheck {
   readonly mismatched: readonly number[];
   /** Accounts with a negative balance. */
   readonly negative: readonly number[];
-  /** Ledger transactions whose entries do not sum to zero. */
+  /** Ledger transactions whose entries do not sum to zero in one of their currencies. */
   readonly unbalanced: readonly number[];
+  /** Entries whose currency is not their account's (system accounts: the suffix of their name). */
+  readonly wrongCurrency: readonly number[];
 }
 
 /** The money invariants, read straight from the database. */
@@ -19,12 +21,17 @@ export async function checkLedger(db: Kysely<Database>): Promise<LedgerCheck> {
       coalesce((select sum(e.amount) from ledger_entries e where e.account_id = a.account_id), 0)::bigint as entries
     from accounts a order by a.account_id`.execute(db);
   const unbalanced = await sql<{ transaction_id: number }>`
-    select transaction_id from ledger_entries group by transaction_id having sum(amount) <> 0 or count(*) < 2`.execute(db);
+    select distinct transaction_id from ledger_entries group by transaction_id, currency
+    having sum(amount) <> 0 or count(*) < 2 order by transaction_id`.execute(db);
+  const wrongCurrency = await sql<{ id: number }>`
+    select e.id from ledger_entries e left join accounts a on a.account_id = e.account_id
+    where e.currency is distinct from coalesce(a.currency, split_part(e.system_account, ':', 2)) order by e.id`.execute(db);
   return {
     total: accounts.rows.reduce((s, a) => s + a.balance, 0),
     mismatched: accounts.rows.filter((a) => a.balance !== a.entries).map((a) => a.account_id),
     negative: accounts.rows.filter((a) => a.balance < 0).map((a) => a.account_id),
     unbalanced: unbalanced.rows.map((r) => r.transaction_id),
+    wrongCurrency: wrongCurrency.rows.map((r) => r.id),
   };
 }
 
