@@ -5,7 +5,7 @@ import { createMigrator, migrationStatus, unwrap } from '../../src/stores/sql/mi
 import { MIGRATIONS } from '../../src/stores/sql/migrations/index.ts';
 import { createTestDatabase, ENGINES, type TestDatabase } from '../support/engines.ts';
 
-const TABLES = ['accounts', 'api_keys', 'customers', 'fee_charges', 'files', 'idempotency_keys', 'ledger_entries', 'ledger_transactions', 'outbox'];
+const TABLES = ['accounts', 'api_keys', 'customers', 'fee_charges', 'files', 'idempotency_keys', 'ledger_entries', 'ledger_transactions', 'outbox', 'system_accounts'];
 
 async function tables(store: SqlStore): Promise<string[]> {
   const rows = await sql<{ table_name: string }>`
@@ -51,18 +51,17 @@ for (const engine of ENGINES) {
       );
       const id = tx.rows[0]?.id;
       await expect(
-        sql`insert into ledger_entries (transaction_id, account_id, amount) select ${id}::bigint, max(account_id), 5 from accounts`.execute(
-          store.db,
-        ),
-      ).rejects.toThrow(/unbalanced: 1 entries summing to 5/);
+        sql`insert into ledger_entries (transaction_id, account_id, currency, amount)
+            select ${id}::bigint, max(account_id), 'USD', 5 from accounts`.execute(store.db),
+      ).rejects.toThrow(/unbalanced in USD: its entries sum to 5/);
       await expect(
-        sql`insert into ledger_entries (transaction_id, account_id, system_account, amount)
-            select ${id}::bigint, max(account_id), null, 5 from accounts
-            union all select ${id}::bigint, null, 'cash', -4`.execute(store.db),
+        sql`insert into ledger_entries (transaction_id, account_id, system_account, currency, amount)
+            select ${id}::bigint, max(account_id), null, 'USD', 5 from accounts
+            union all select ${id}::bigint, null, 'cash:USD', 'USD', -4`.execute(store.db),
       ).rejects.toThrow(/unbalanced/);
-      await sql`insert into ledger_entries (transaction_id, account_id, system_account, amount)
-          select ${id}::bigint, max(account_id), null, 5 from accounts
-          union all select ${id}::bigint, null, 'cash', -5`.execute(store.db);
+      await sql`insert into ledger_entries (transaction_id, account_id, system_account, currency, amount)
+          select ${id}::bigint, max(account_id), null, 'USD', 5 from accounts
+          union all select ${id}::bigint, null, 'cash:USD', 'USD', -5`.execute(store.db);
     });
 
     it('keeps ledger entries append-only and balances non-negative', async () => {
