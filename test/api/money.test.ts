@@ -193,6 +193,22 @@ for (const engine of ENGINES) {
       expect((await balances(t.app.sql.db))[3]).toBe((before[3] as number) + 11);
     });
 
+    it("keeps keys for 24 hours by the database's clock, not the app's", async () => {
+      const rows = await sql<{ ok: boolean; n: number }>`
+        select bool_and(expires_at - created_at = interval '24 hours') as ok, count(*)::int as n
+        from idempotency_keys`.execute(t.app.sql.db);
+      expect(rows.rows[0]?.n).toBeGreaterThan(2);
+      expect(rows.rows[0]?.ok).toBe(true);
+    });
+
+    it.runIf(engine === 'postgres')('names its sessions and bounds lock waits on the pool', async () => {
+      const r = await sql<{ lock_timeout: string; application_name: string }>`
+        select current_setting('lock_timeout') as lock_timeout, current_setting('application_name') as application_name`.execute(
+        t.app.sql.db,
+      );
+      expect(r.rows[0]).toEqual({ lock_timeout: '10s', application_name: 'databank' });
+    });
+
     it('rejects malformed Idempotency-Key headers', async () => {
       for (const key of ['', 'x'.repeat(256), 'sp ace']) {
         const res = await post('/transfers', { from_account_id: 2, to_account_id: 3, amount: 1 }, {
