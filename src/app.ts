@@ -112,16 +112,23 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     const handles: Db = { reader: sql.db, writer: sql.db };
     const db = options.wrapDb ? options.wrapDb(handles) : handles;
     const idempotency = new IdempotencyService(db);
-    const apiKeys = new ApiKeysService(db);
+    const apiKeys = new ApiKeysService(db, {
+      cache,
+      limitsRedis:
+        config.cache.store.kind === 'redis' ? { ...config.cache.store, keyPrefix: `${config.cache.prefix}:ratelimit:` } : null,
+      onError: (err) => logger.warn({ err }, 'could not write when API keys were last used; will retry'),
+    });
+    closers.add('api keys', () => apiKeys.close());
     const deps: HttpDeps = {
       customers: new CustomersService(db, cache),
-      accounts: new AccountsService(db, cache),
-      movements: new MovementsService(db, idempotency, cache, retry),
-      transfers: new TransfersService(db, cache, retry),
+      accounts: new AccountsService(db, cache, config.limits.maxAccountsPerCustomer),
+      movements: new MovementsService(db, idempotency, cache, config.limits.maxBalance, retry),
+      transfers: new TransfersService(db, cache, config.limits.maxBalance, retry),
       fees: new FeesService(db, idempotency, cache, retry),
       cache,
       files: new FilesService(db, files, config.files.maxUploadBytes, (key, err) =>
         logger.warn({ err, key }, 'file object left behind; `databank files sweep` removes it'),
+        { maxFiles: config.limits.maxFilesPerCustomer, maxBytes: config.limits.maxFileBytesPerCustomer },
       ),
       // The site-refresh worker reads the manifest every 2 s; a request reads it itself only when
       // the worker has fallen 10 s behind.

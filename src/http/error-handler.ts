@@ -36,7 +36,8 @@ export function toDatabankError(err: unknown): DatabankError | null {
   if (fe.validation) {
     // The only header any route validates is Idempotency-Key: its refusal has a code of its own.
     if (fe.validationContext === 'headers') return new DatabankError('DATABANK_ERR_IDEMPOTENCY_KEY_INVALID');
-    return new DatabankError('DATABANK_ERR_VALIDATION', `${fe.validationContext ?? 'request'} ${fe.message ?? ''}`.trim());
+    // The message is already in words (`validation-messages.ts`, Fastify's schemaErrorFormatter).
+    return new DatabankError('DATABANK_ERR_VALIDATION', fe.message);
   }
   if (err instanceof SyntaxError && (err as FastifyError).statusCode === 400) {
     return new DatabankError('DATABANK_ERR_MALFORMED_BODY');

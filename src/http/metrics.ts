@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { PoolStats } from '../stores/sql/port.ts';
+import type { ClientTimeoutKind, ConnectionEvents } from './client-errors.ts';
 
 /** The app's Prometheus metrics, in a registry of its own so that several apps can share a process. */
 export interface Metrics {
@@ -105,4 +106,29 @@ export function registerHttpMetrics(app: FastifyInstance, metrics: Metrics): voi
     requests.inc({ route, method: request.method, status: String(reply.statusCode) });
     duration.observe({ route, method: request.method }, reply.elapsedTime / 1000);
   });
+}
+
+const TIMEOUT_KINDS: readonly ClientTimeoutKind[] = ['header', 'body', 'request'];
+
+/**
+ * Counts the clients the connection layer cut (`client-errors.ts`) and the connections refused
+ * over the limit. Every kind starts at 0, so that a dashboard sees the series before the first cut.
+ */
+export function registerConnectionMetrics(metrics: Metrics): ConnectionEvents {
+  const timeouts = new Counter({
+    name: 'databank_http_client_timeouts_total',
+    help: 'Connections cut because the client was too slow: header (headers not in within DATABANK_HEADER_TIMEOUT_MS), body (no body bytes for DATABANK_BODY_TIMEOUT_MS), request (the whole request not in within DATABANK_REQUEST_TIMEOUT_MS)',
+    labelNames: ['kind'],
+    registers: [metrics.registry],
+  });
+  for (const kind of TIMEOUT_KINDS) timeouts.inc({ kind }, 0);
+  const dropped = new Counter({
+    name: 'databank_http_connections_dropped_total',
+    help: 'Connections closed on arrival because DATABANK_MAX_CONNECTIONS were open',
+    registers: [metrics.registry],
+  });
+  return {
+    timedOut: (kind) => timeouts.inc({ kind }),
+    dropped: () => dropped.inc(),
+  };
 }

@@ -1,5 +1,6 @@
 import { Type, type Static } from 'typebox';
 import { ACCOUNT_TYPES, CURRENCIES, MAX_AMOUNT } from '../domain/money.ts';
+import { INVISIBLE_CLASS } from '../domain/invisible-characters.ts';
 import { ID_KEYWORD, ID_PATTERN } from './id-keyword.ts';
 
 /**
@@ -33,15 +34,27 @@ export const IdParams = Type.Object({ id: Id }, { additionalProperties: false })
 export type IdParams = Static<typeof IdParams>;
 
 export const Amount = Type.Integer({ minimum: 1, maximum: MAX_AMOUNT, description: 'minor units of the currency' });
-export const IsoDate = Type.String({ pattern: '^[0-9]{4}-[0-9]{2}-[0-9]{2}$', description: 'YYYY-MM-DD' });
+/**
+ * A value with a pattern carries a `description` that says, in words, what it must be: a refusal
+ * reads `<name>: must be <description>` (`validation-messages.ts`), and never shows the pattern.
+ */
+export const IsoDate = Type.String({ pattern: '^[0-9]{4}-[0-9]{2}-[0-9]{2}$', description: 'a date YYYY-MM-DD' });
+/** Characters no name may hold: controls, lone surrogates, bidirectional and zero-width characters. */
+const NOT_IN_NAMES = `\\u0000-\\u001f\\u007f\\ud800-\\udfff${INVISIBLE_CLASS}`;
 export const Name = Type.String({
   minLength: 1,
   maxLength: 128,
   // Printable text with at least one non-space character.
-  pattern: '^[^\\u0000-\\u001f\\u007f\\ud800-\\udfff]*[^\\s\\u0000-\\u001f\\u007f\\ud800-\\udfff][^\\u0000-\\u001f\\u007f\\ud800-\\udfff]*$',
+  pattern: `^[^${NOT_IN_NAMES}]*[^\\s${NOT_IN_NAMES}][^${NOT_IN_NAMES}]*$`,
+  description: 'printable text with at least one non-space character, without control, bidirectional or zero-width characters',
 });
-export const Limit = Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1 to 100, default 100' });
-export const Cursor = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' });
+export const Limit = Type.String({ pattern: '^(100|[1-9][0-9]?)$', description: 'from 1 to 100', default: '100' });
+export const Cursor = Type.String({
+  minLength: 1,
+  maxLength: 64,
+  pattern: '^[A-Za-z0-9_-]+$',
+  description: 'the next_cursor of a previous page',
+});
 export const Timestamp = Type.String({ description: 'ISO 8601 timestamp' });
 
 export const ErrorBody = Type.Object({
@@ -55,7 +68,10 @@ export const Customer = Type.Object({
   id: Type.Integer(),
   name: Type.String(),
   date_of_birth: Type.String(),
-  balance: Type.Integer(),
+  balance: Type.Integer({ description: 'the sum of the customer\'s USD accounts (the base currency)' }),
+  balances: Type.Record(Type.String({ pattern: '^[A-Z]{3}$' }), Type.Integer(), {
+    description: 'the sum of the customer\'s accounts per currency held',
+  }),
 });
 
 export const Account = Type.Object({

@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { DatabankError } from '../domain/errors.ts';
 import type { ByteRange } from '../stores/files/port.ts';
@@ -25,7 +25,8 @@ export const GONE = Symbol('gone');
  * requests (If-None-Match, If-Modified-Since → 304), one byte range (Range, If-Range → 206, or
  * 416 when it is outside the file), and HEAD with the headers of the GET. The bytes are opened
  * before any header is set, so that an error answer never carries the file's validators or
- * caching headers; when they are gone, nothing is sent and GONE is returned.
+ * caching headers; when they are gone, nothing is sent and GONE is returned. A HEAD opens (its
+ * first byte of) them too and closes them unread, so that it answers what the GET would.
  */
 export async function sendObject(
   request: FastifyRequest,
@@ -48,13 +49,25 @@ export async function sendObject(
     reply.header('content-range', `bytes */${object.size}`);
     return reply.code(416).send(errorBody(new DatabankError('DATABANK_ERR_RANGE_NOT_SATISFIABLE')));
   }
-  const body = request.method === 'HEAD' ? null : await object.open(range ?? undefined);
-  if (request.method !== 'HEAD' && body === null) return GONE;
+  let body: Readable | Buffer | null = null;
+  if (request.method === 'HEAD') {
+    if (!(await exists(object))) return GONE;
+  } else {
+    body = await object.open(range ?? undefined);
+    if (body === null) return GONE;
+  }
   validators();
   reply.header('content-type', object.contentType);
   if (range) reply.code(206).header('content-range', `bytes ${range.start}-${range.end}/${object.size}`);
   reply.header('content-length', String(range ? range.end - range.start + 1 : object.size));
   return body === null ? reply.send() : reply.send(body);
+}
+
+/** Whether the bytes are there, reading at most the first of them. */
+async function exists(object: Servable): Promise<boolean> {
+  const probe = await object.open(object.size > 0 ? { start: 0, end: 0 } : undefined);
+  if (probe instanceof Readable) probe.destroy();
+  return probe !== null;
 }
 
 /** RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since; only GET and HEAD get 304. */

@@ -2,14 +2,16 @@ import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { FastifyBaseLogger, RouteOptions } from 'fastify';
+import type { FastifyBaseLogger, FastifyServerOptions, RouteOptions } from 'fastify';
 import type { HttpSettings } from '../config.ts';
 import { registerAuth } from './auth.ts';
 import type { HttpDeps } from './deps.ts';
 import { DatabankError } from '../domain/errors.ts';
+import { connectionOptions } from './client-errors.ts';
 import { errorBody, registerErrorHandlers } from './error-handler.ts';
 import { idKeyword } from './id-keyword.ts';
-import { registerHttpMetrics } from './metrics.ts';
+import { registerJsonBody } from './json-body.ts';
+import { registerConnectionMetrics, registerHttpMetrics } from './metrics.ts';
 import { accountRoutes } from './routes/accounts.ts';
 import { cacheRoutes } from './routes/cache.ts';
 import { customerRoutes } from './routes/customers.ts';
@@ -19,6 +21,7 @@ import { apiKeyRoutes } from './routes/api-keys.ts';
 import { moneyRoutes } from './routes/money.ts';
 import { registerRateLimits } from './rate-limit.ts';
 import { registerSite, routeNotFound } from './site.ts';
+import { schemaErrorFormatter } from './validation-messages.ts';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/;
 
@@ -31,7 +34,7 @@ export interface ServerOptions {
    * routes this way, so that a route added without an authorization case fails it.
    */
   readonly onRoute?: (route: RouteOptions) => void;
-  /** Client timeouts and connection limits; Node's defaults when absent (tests). */
+  /** Client timeouts and connection limits (`client-errors.ts`); Node's defaults when absent (tests). */
   readonly http?: HttpSettings;
 }
 
@@ -40,7 +43,13 @@ export interface ServerOptions {
  * Validation never coerces or strips: a body that does not match is refused, not changed.
  */
 export async function buildServer(deps: HttpDeps, options: ServerOptions): Promise<FastifyInstance> {
+  // A hop count trusts that many proxies in front (Fastify's types take it as a function).
+  const hops = deps.limits.trustProxy;
+  const trustProxy: FastifyServerOptions['trustProxy'] =
+    typeof hops === 'number' ? (_address: string, hop: number) => hop < hops : hops;
   const app = Fastify({
+    // Timeouts, the connection limit and Node's own client errors, answered from the catalog.
+    ...connectionOptions(options.http, registerConnectionMetrics(deps.metrics)),
     loggerInstance: options.logger,
     bodyLimit: options.bodyLimit ?? 64 * 1024,
     // Clients may pass their own request id for tracing; anything odd is replaced.
@@ -50,20 +59,26 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     },
     return503OnClosing: true,
+    // Read the client address from X-Forwarded-For only behind the proxies TRUST_PROXY names.
+    trustProxy,
     // A badly percent-encoded URL or an over-long path parameter is refused before routing, where
     // the error handler does not reach: answer those from the catalog too.
     frameworkErrors: (err: FastifyError, _request: FastifyRequest, reply: FastifyReply) => {
       reply.code(400).send(errorBody(new DatabankError('DATABANK_ERR_VALIDATION', err.message)));
     },
     // No coercion: path ids become numbers through the id keyword, after their pattern has passed.
+    // `verbose` gives each error its schema and value, from which the refusal is put in words.
     ajv: {
-      customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false },
+      customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false, verbose: true },
       plugins: [idKeyword],
     },
+    schemaErrorFormatter,
   });
   if (options.onRoute) app.addHook('onRoute', options.onRoute);
   // The API speaks JSON only; Fastify's default text parser would let a text body reach validation.
   app.removeContentTypeParser('text/plain');
+  // JSON without duplicate keys, deep nesting or prototype poisoning.
+  registerJsonBody(app);
   app.addHook('onSend', async (request, reply) => {
     reply.header('x-request-id', request.id);
     reply.header('x-content-type-options', 'nosniff');

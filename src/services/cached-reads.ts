@@ -2,9 +2,11 @@ import type { CacheStats, CacheStore } from '../stores/cache/port.ts';
 import { lease, tombstone, tombstoneTime } from '../stores/cache/tombstone.ts';
 
 /** Bump when the shape of a cached value changes: old shapes are then never read. */
-export const CACHE_SCHEMA_VERSION = 1;
+export const CACHE_SCHEMA_VERSION = 2;
 
-export type CacheFamily = 'customer' | 'account' | 'customer-accounts';
+/** `api-key` entries are keyed by the key's public prefix, the others by their numeric id. */
+export type CacheFamily = 'customer' | 'account' | 'customer-accounts' | 'api-key';
+export type CacheId = number | string;
 export type CacheOutcome = 'HIT' | 'MISS' | 'BYPASS';
 
 export interface CacheEvents {
@@ -80,18 +82,14 @@ export class CachedReads {
     return `${this.options.prefix}:v${CACHE_SCHEMA_VERSION}:`;
   }
 
-  key(family: CacheFamily, id: number): string {
+  key(family: CacheFamily, id: CacheId): string {
     return `${this.namespace}${family}:${id}`;
   }
 
-  async getOrLoad<T>(family: CacheFamily, id: number, load: () => Promise<T | null>): Promise<{ value: T | null; cache: CacheOutcome }> {
+  async getOrLoad<T>(family: CacheFamily, id: CacheId, load: () => Promise<T | null>): Promise<{ value: T | null; cache: CacheOutcome }> {
     if (!this.store) return { value: await load(), cache: 'BYPASS' };
     const key = this.key(family, id);
-    // Until a failed invalidation has been made good, the key's cached value is not trusted.
-    if (this.everythingLostAt !== null || this.lost.has(key)) {
-      this.recover();
-      return { value: await load(), cache: 'BYPASS' };
-    }
+    if (!this.trusted(key)) return { value: await load(), cache: 'BYPASS' };
     const lookedAt = Date.now();
     let raw: string | null;
     try {
@@ -100,11 +98,10 @@ export class CachedReads {
       this.events.error(family, err);
       return { value: await load(), cache: 'BYPASS' };
     }
-    const invalidatedAt = raw === null ? null : tombstoneTime(raw);
-    if (raw !== null && invalidatedAt === null) {
+    const live = liveValue<T>(raw);
+    if (live) {
       this.events.hit(family);
-      const parsed = JSON.parse(raw) as { v?: T };
-      return { value: parsed.v ?? null, cache: 'HIT' };
+      return { value: live.value, cache: 'HIT' };
     }
     this.events.miss(family);
     const running = this.inflight.get(key);
@@ -139,8 +136,24 @@ export class CachedReads {
     }
   }
 
+  /**
+   * What the cache holds for a key, without loading it and without counting a hit or a miss:
+   * `{ value }` for a live entry ("not found" included, as null), undefined when the cache cannot
+   * answer (off, empty, invalidated, not trusted since a failed invalidation, or failing).
+   */
+  async peek<T>(family: CacheFamily, id: CacheId): Promise<{ value: T | null } | undefined> {
+    const key = this.key(family, id);
+    if (!this.store || !this.trusted(key)) return undefined;
+    try {
+      return liveValue<T>(await this.store.get(key));
+    } catch (err) {
+      this.events.error(family, err);
+      return undefined;
+    }
+  }
+
   /** Call after the commit, before answering: the keys' old values are gone everywhere. */
-  async invalidate(keys: ReadonlyArray<readonly [CacheFamily, number]>): Promise<void> {
+  async invalidate(keys: ReadonlyArray<readonly [CacheFamily, CacheId]>): Promise<void> {
     if (!this.store || keys.length === 0) return;
     const names = [...new Set(keys.map(([family, id]) => this.key(family, id)))];
     for (const name of names) this.inflight.delete(name);
@@ -168,6 +181,16 @@ export class CachedReads {
   async stats(): Promise<(CacheStats & { kind: string; namespace: string }) | null> {
     if (!this.store) return null;
     return { kind: this.store.kind, namespace: this.namespace, ...(await this.store.stats(this.namespace)) };
+  }
+
+  /**
+   * Whether the key's cached value may be used: not until a failed invalidation of it (or of
+   * everything) has been made good, which this starts trying again.
+   */
+  private trusted(key: string): boolean {
+    if (this.everythingLostAt === null && !this.lost.has(key)) return true;
+    this.recover();
+    return false;
   }
 
   /**
@@ -225,6 +248,12 @@ export class CachedReads {
     }
     return value;
   }
+}
+
+/** The value of a cache entry that holds one, neither empty nor a tombstone or lease. */
+function liveValue<T>(raw: string | null): { value: T | null } | undefined {
+  if (raw === null || tombstoneTime(raw) !== null) return undefined;
+  return { value: (JSON.parse(raw) as { v?: T }).v ?? null };
 }
 
 /** The keys a change to these accounts' balances makes stale: the accounts and their customers. */

@@ -5,7 +5,7 @@ import { pino } from 'pino';
 import { ERRORS, type ErrorCode } from '../../src/domain/errors.ts';
 import { createMetrics } from '../../src/http/metrics.ts';
 import { buildServer } from '../../src/http/server.ts';
-import { customerKey, startTestApp, type TestApp } from '../support/app.ts';
+import { startTestApp, type TestApp } from '../support/app.ts';
 import { ENGINES } from '../support/engines.ts';
 
 /**
@@ -45,6 +45,8 @@ interface Ids {
   readonly account: number;
   /** A file uploaded for customer 2. */
   readonly file: number;
+  /** Customer 2's API key. */
+  readonly apiKey: number;
 }
 
 const UPLOAD = { headers: { 'content-type': 'text/plain' }, body: 'authz upload\n' } as const;
@@ -125,6 +127,18 @@ function casesFor(ids: Ids): Record<string, Omit<RouteCase, 'route' | 'method'>>
     },
     'DELETE /files/:id': { url: `/files/${ids.file}`, otherCustomer: refused(404, 'DELETE', `/files/${ids.file}`) },
     'GET /metrics': { url: '/metrics', otherCustomer: refused(403, 'GET', '/metrics') },
+    'GET /api-keys': { url: '/api-keys', otherCustomer: refused(403, 'GET', '/api-keys') },
+    'POST /api-keys': {
+      url: '/api-keys',
+      body: { role: 'customer', customer_id: 2 },
+      otherCustomer: refused(403, 'POST', '/api-keys', { role: 'customer', customer_id: 2 }),
+    },
+    // Customer 1's key may not revoke or rotate customer 2's key (nor its own: see the 403 test).
+    'DELETE /api-keys/:id': { url: `/api-keys/${ids.apiKey}`, otherCustomer: refused(403, 'DELETE', `/api-keys/${ids.apiKey}`) },
+    'POST /api-keys/:id/rotate': {
+      url: `/api-keys/${ids.apiKey}/rotate`,
+      otherCustomer: refused(403, 'POST', `/api-keys/${ids.apiKey}/rotate`),
+    },
     'GET /openapi.json': {
       url: '/openapi.json',
       otherCustomer: { status: 200, request: { method: 'GET', url: '/openapi.json' }, why: 'the API description is the same for every key' },
@@ -222,6 +236,9 @@ for (const engine of ENGINES) {
     let extra: number;
     /** A file uploaded for customer 2 in setup. */
     let file2: number;
+    /** The ids of customer 1's and customer 2's keys. */
+    let key1: number;
+    let key2: number;
     /** Every route the server registers. */
     let registered: RegisteredRoute[];
     /** The registered routes that need a key, each with its case. */
@@ -238,8 +255,11 @@ for (const engine of ENGINES) {
 
     beforeAll(async () => {
       t = await startTestApp(engine, 'api-authz');
-      cust1 = await customerKey(t, 1);
-      cust2 = await customerKey(t, 2);
+      const made1 = await t.app.deps.apiKeys.create('customer', 1);
+      const made2 = await t.app.deps.apiKeys.create('customer', 2);
+      [key1, key2] = [made1.id, made2.id];
+      cust1 = { authorization: `Bearer ${made1.key}` };
+      cust2 = { authorization: `Bearer ${made2.key}` };
       const opened = await call('POST', '/customers/2/accounts', t.admin, { account_type: 'savings' });
       expect(opened.statusCode).toBe(201);
       const account = opened.json<{ account_id: number; customer_id: number; balance: number }>();
@@ -250,7 +270,7 @@ for (const engine of ENGINES) {
       expect(uploaded.statusCode).toBe(201);
       file2 = uploaded.json<{ file_id: number }>().file_id;
       registered = await registeredRoutes(t);
-      const cases = casesFor({ account: extra, file: file2 });
+      const cases = casesFor({ account: extra, file: file2, apiKey: key2 });
       PROTECTED = registered
         .filter((r) => !r.isPublic)
         .map((r) => caseOf(cases, r))
@@ -263,7 +283,7 @@ for (const engine of ENGINES) {
 
     describe('the route list', () => {
       it('every registered route has a case, and every case a route', () => {
-        const cases = casesFor({ account: extra, file: file2 });
+        const cases = casesFor({ account: extra, file: file2, apiKey: key2 });
         const protectedRoutes = registered.filter((r) => !r.isPublic);
         const withoutCase = protectedRoutes.filter((r) => caseOf(cases, r) === null).map((r) => `${r.method} ${r.url}`);
         expect(withoutCase, 'routes without an authorization case: add one to casesFor').toEqual([]);
@@ -370,7 +390,7 @@ for (const engine of ENGINES) {
         const customer = await call('GET', '/customers/1', cust1);
         expect([customer.statusCode, customer.json()]).toEqual([
           200,
-          { id: 1, name: 'Brian Kim', date_of_birth: '1948-09-23', balance: 1500 },
+          { id: 1, name: 'Brian Kim', date_of_birth: '1948-09-23', balance: 1500, balances: { USD: 1500 } },
         ]);
         const account = await call('GET', '/accounts/1', cust1);
         expect([account.statusCode, account.json()]).toEqual([
@@ -397,7 +417,7 @@ for (const engine of ENGINES) {
           expect({ query, status: res.statusCode, body: res.json() as unknown }).toEqual({
             query,
             status: 200,
-            body: { result: [{ id: 1, name: 'Brian Kim', date_of_birth: '1948-09-23', balance: 1500 }] },
+            body: { result: [{ id: 1, name: 'Brian Kim', date_of_birth: '1948-09-23', balance: 1500, balances: { USD: 1500 } }] },
           });
         }
         // Past its own id, or born after it, a customer key sees nothing, not the next customer.
@@ -470,7 +490,15 @@ for (const engine of ENGINES) {
           { method: 'POST', url: '/customers', body: { name: 'Eve', date_of_birth: '1990-01-01' } },
           { method: 'POST', url: '/fees', body: { amount: 1, reference: 'authz-fee' } },
           { method: 'GET', url: '/metrics' },
+          { method: 'GET', url: '/api-keys' },
+          { method: 'GET', url: '/api-keys?limit=1' },
+          { method: 'POST', url: '/api-keys', body: { role: 'admin' } },
+          { method: 'POST', url: '/api-keys', body: { role: 'customer', customer_id: 1 } },
         ];
+        // Its own key, another customer's and a missing one: 403 alike, before any lookup.
+        for (const id of [key1, key2, GHOST]) {
+          cases.push({ method: 'DELETE', url: `/api-keys/${id}` }, { method: 'POST', url: `/api-keys/${id}/rotate` });
+        }
         for (const kind of ['deposits', 'withdrawals']) {
           // The same 403 for its own account, another customer's and a missing one.
           for (const id of [1, 2, extra, GHOST]) cases.push({ method: 'POST', url: `/accounts/${id}/${kind}`, body: { amount: 100 } });
@@ -549,6 +577,17 @@ for (const engine of ENGINES) {
       ]);
       const fees = await t.app.sql.db.selectFrom('fee_charges').select('account_id').execute();
       expect(fees).toEqual([]);
+      // No refused call made, revoked or rotated a key: the admin's, customer 1's and 2's, and the
+      // customer 1 key revoked on purpose by the authentication test.
+      const keys = await t.app.sql.db.selectFrom('api_keys').select(['id', 'role', 'customer_id', 'revoked_at']).orderBy('id').execute();
+      expect(keys.map((k) => [k.role, k.customer_id, k.revoked_at !== null])).toEqual([
+        ['admin', null, false],
+        ['customer', 1, false],
+        ['customer', 2, false],
+        ['customer', 1, true],
+      ]);
+      const stillWorks = await call('GET', '/customers/2', cust2);
+      expect(stillWorks.statusCode).toBe(200);
       // Customer 2's file outlived the refused delete, and no refused upload left a file.
       for (const [customer, files] of [
         [1, []],

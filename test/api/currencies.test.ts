@@ -1,3 +1,4 @@
+import type { InjectOptions } from 'fastify';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BALANCE_CEILING } from '../../src/config.ts';
@@ -6,11 +7,9 @@ import { startTestApp, TEST_LIMITS, type TestApp } from '../support/app.ts';
 import { ENGINES } from '../support/engines.ts';
 import { checkLedger } from '../support/invariants.ts';
 
-type Inject = TestApp['app']['http']['inject'];
-
 /** Small helpers over one app: open an account, deposit, read. */
 function client(t: () => TestApp) {
-  const inject: Inject = (opts) => t().app.http.inject(opts as never) as never;
+  const inject = (opts: InjectOptions) => t().app.http.inject(opts);
   return {
     async customer(name: string): Promise<number> {
       const res = await inject({ method: 'POST', url: '/customers', headers: t().admin, payload: { name, date_of_birth: '1990-01-01' } });

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { cpSync, writeFileSync } from 'node:fs';
+import { cpSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -84,15 +84,48 @@ describe('uploads and downloads that go wrong', () => {
     await t.app.files.delete(key as string);
     for (const method of ['GET', 'HEAD'] as const) {
       const res = await t.app.http.inject({ method, url: `/files/${created.json().file_id}/content`, headers: t.admin });
-      if (method === 'HEAD') {
-        // HEAD does not open the bytes: its headers are those of the file the row describes.
-        expect(res.statusCode).toBe(200);
-        continue;
-      }
-      expect([res.statusCode, res.json().code]).toEqual([404, 'DATABANK_ERR_NOT_FOUND']);
+      expect([method, res.statusCode]).toEqual([method, 404]);
+      if (method === 'GET') expect(res.json().code).toBe('DATABANK_ERR_NOT_FOUND');
       expect(res.headers['cache-control']).toBe('no-store');
       for (const name of REPRESENTATION) expect(res.headers[name], name).toBeUndefined();
     }
+  });
+
+  it('HEAD of a file whose bytes left the store folder answers 404 like GET; a file with its bytes 200', async () => {
+    const store = t.app.config.files.store;
+    if (store.kind !== 'local') throw new Error('this test removes a file from the local store folder');
+    const upload = async (name: string, bytes: string) => {
+      const res = await t.app.http.inject({
+        method: 'POST',
+        url: `/customers/1/files?filename=${name}`,
+        headers: { ...t.admin, 'content-type': 'application/octet-stream' },
+        payload: bytes,
+      });
+      expect(res.statusCode, res.body).toBe(201);
+      return res.json<{ file_id: number }>().file_id;
+    };
+    const kept = await upload('kept.txt', 'still here\n');
+    const emptyKept = await upload('empty.txt', '');
+    const lost = await upload('lost.txt', 'about to vanish\n');
+    const emptyLost = await upload('empty-lost.txt', '');
+    for (const id of [lost, emptyLost]) {
+      const row = await t.app.sql.db.selectFrom('files').select('object_key').where('id', '=', id).executeTakeFirstOrThrow();
+      rmSync(join(store.dir, 'objects', encodeURIComponent(row.object_key)));
+    }
+    const answer = async (method: 'GET' | 'HEAD', id: number) => {
+      const res = await t.app.http.inject({ method, url: `/files/${id}/content`, headers: t.admin });
+      return { status: res.statusCode, code: method === 'GET' && res.statusCode === 404 ? res.json().code : undefined, length: res.headers['content-length'] };
+    };
+    for (const id of [lost, emptyLost]) {
+      const get = await answer('GET', id);
+      expect(get).toMatchObject({ status: 404, code: 'DATABANK_ERR_NOT_FOUND' });
+      const head = await answer('HEAD', id);
+      expect(head.status).toBe(404);
+      // HEAD answers the GET's headers: the same length of the same error body.
+      expect(head.length).toBe(get.length);
+    }
+    expect(await answer('HEAD', kept)).toMatchObject({ status: 200, length: String('still here\n'.length) });
+    expect(await answer('HEAD', emptyKept)).toMatchObject({ status: 200, length: '0' });
   });
 
   it('a site object removed behind the app is a 503 without caching headers, not a cacheable error', async () => {

@@ -380,6 +380,10 @@ function requestFor(route: RouteSpec, admin: string): fc.Arbitrary<FuzzRequest> 
     })
     .map(({ id, query, body: b, headers, auth, sendBodyOnGet }) => {
       const all: Record<string, string> = { ...headers };
+      // Properties share the seed, so they would draw the same keys: one route's valid keys must
+      // not be another's (a reused key is a 422 and moves nothing, emptying the property).
+      const key = all['idempotency-key'];
+      if (key !== undefined && /^[\x21-\x7e]{1,40}$/.test(key)) all['idempotency-key'] = `${route.method}${route.path}:${key}`;
       if (auth !== undefined) all.authorization = auth;
       const withBody = route.method !== 'GET' || sendBodyOnGet;
       if (withBody && b.contentType !== undefined) all['content-type'] = b.contentType;

@@ -204,11 +204,17 @@ describe('databank CLI', () => {
       // The cache commands ask the running server, so they work for the in-process cache too.
       await fetch(`${s.base}/accounts/1`, { headers: { authorization: `Bearer ${readFileSync(join(dir, 'admin-key'), 'utf8').trim()}` } });
       const stats = JSON.parse((await runCli(['cache', 'stats', '--json', '--url', s.base], env())).stdout);
-      expect(stats.cache).toMatchObject({ kind: 'memory', namespace: 'databank:v1:', entries: 1 });
+      expect(stats.cache).toMatchObject({ kind: 'memory', namespace: 'databank:v2:', entries: 2 });
       const flushed = JSON.parse((await runCli(['cache', 'flush', '--prefix', 'account:', '--json', '--url', s.base], env())).stdout);
       expect(flushed).toEqual({ deleted: 1 });
       const own = await fetch(`${s.base}/customers/2`, { headers: { authorization: `Bearer ${customerKey}` } });
-      expect(await own.json()).toEqual({ id: 2, name: 'Karen Johnson', date_of_birth: '1989-11-18', balance: 4853 });
+      expect(await own.json()).toEqual({
+        id: 2,
+        name: 'Karen Johnson',
+        date_of_birth: '1989-11-18',
+        balance: 4853,
+        balances: { USD: 4853 },
+      });
       const other = await fetch(`${s.base}/customers/3`, { headers: { authorization: `Bearer ${customerKey}` } });
       expect(other.status).toBe(404);
     } finally {

@@ -3,6 +3,7 @@ import multipart from '@fastify/multipart';
 import { Type } from 'typebox';
 import { DatabankError } from '../../domain/errors.ts';
 import { ALLOWED_TYPES } from '../../domain/file-types.ts';
+import { invisibleRule, withoutInvisible } from '../../domain/invisible-characters.ts';
 import { principalOf } from '../auth.ts';
 import type { HttpDeps } from '../deps.ts';
 import { COMMON_ERRORS, Cursor, ErrorBody, IdParams, Limit, limitOf, OneOf, PageOf, Timestamp } from '../schemas.ts';
@@ -87,7 +88,7 @@ export async function fileRoutes(app: TypedApp, deps: HttpDeps): Promise<void> {
               throw new DatabankError('DATABANK_ERR_BAD_UPLOAD', undefined, { cause: err });
             });
             if (!part) throw new DatabankError('DATABANK_ERR_VALIDATION', 'the form has no file part');
-            return { filename: query.filename ?? part.filename ?? '', body: part.file };
+            return { filename: visibleName(query.filename ?? part.filename ?? ''), body: part.file };
           }
           if (query.filename === undefined) {
             throw new DatabankError('DATABANK_ERR_VALIDATION', 'a raw upload needs ?filename= (or send multipart/form-data)');
@@ -95,7 +96,7 @@ export async function fileRoutes(app: TypedApp, deps: HttpDeps): Promise<void> {
           // The catch-all parser hands the request stream over as the body; a request without a
           // body has none, and its (empty) raw stream is read instead.
           const body = request.body instanceof Readable ? request.body : request.raw;
-          return { filename: query.filename, body };
+          return { filename: visibleName(query.filename), body };
         });
         return await reply.code(201).header('location', `/files/${meta.file_id}`).send(meta);
       } catch (err) {
@@ -177,8 +178,22 @@ export async function fileRoutes(app: TypedApp, deps: HttpDeps): Promise<void> {
   );
 }
 
-/** RFC 6266: an ASCII fallback name and the exact name in RFC 5987 encoding. */
-export function attachment(filename: string): string {
+/**
+ * A file name without bidirectional or zero-width characters (`invisible-characters.ts`), which
+ * would make it show as another name; the service checks the rest.
+ */
+function visibleName(filename: string): string {
+  const rule = invisibleRule(filename);
+  if (rule) throw new DatabankError('DATABANK_ERR_VALIDATION', `filename: ${rule}`);
+  return filename;
+}
+
+/**
+ * RFC 6266: an ASCII fallback name and the exact name in RFC 5987 encoding. Invisible characters,
+ * which names stored before they were refused may hold, are left out of both.
+ */
+export function attachment(stored: string): string {
+  const filename = withoutInvisible(stored) || 'download';
   const fallback = filename.replace(/[^\x20-\x7e]|["\\%]/g, '_');
   const exact = encodeURIComponent(filename).replace(/['()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
   return `attachment; filename="${fallback}"; filename*=UTF-8''${exact}`;

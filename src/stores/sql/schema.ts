@@ -1,4 +1,5 @@
 import type { ColumnType, Generated } from 'kysely';
+import type { Currency, SystemAccount } from '../../domain/money.ts';
 
 /** Table types as Kysely sees them. Keep in step with the migrations. */
 export interface Database {
@@ -26,7 +27,7 @@ export interface AccountsTable {
   account_id: Generated<number>;
   customer_id: number;
   account_type: 'checking' | 'savings';
-  currency: Generated<'USD' | 'EUR' | 'GBP'>;
+  currency: Generated<Currency>;
   balance: Generated<number>;
   created_at: Generated<Date>;
 }
@@ -43,7 +44,9 @@ export interface LedgerEntriesTable {
   id: Generated<number>;
   transaction_id: number;
   account_id: number | null;
-  system_account: 'cash' | 'fee_income' | null;
+  /** `cash:USD`, `fee_income:EUR`, …: a row of `system_accounts` in the entry's currency. */
+  system_account: SystemAccount | null;
+  currency: Currency;
   amount: number;
 }
 
@@ -60,7 +63,8 @@ export interface IdempotencyKeysTable {
   state: 'in_flight' | 'done';
   response_status: number | null;
   response_body: unknown;
-  locked_until: Timestamp;
+  /** Unused since 0005 (claims are locks held by the movement's transaction); defaults to now(). */
+  locked_until: Generated<Date>;
   expires_at: Timestamp;
   created_at: Generated<Date>;
 }
@@ -73,6 +77,10 @@ export interface ApiKeysTable {
   customer_id: number | null;
   created_at: Generated<Date>;
   revoked_at: Date | null;
+  /** Null: the key never expires (0006). */
+  expires_at: Date | null;
+  /** When the key was last used, to within the app's flush interval (~30 s); null: never (0006). */
+  last_used_at: Date | null;
 }
 
 /**
