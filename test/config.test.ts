@@ -23,9 +23,63 @@ describe('config', () => {
       },
       instances: 1,
       shutdownTimeoutMs: 25_000,
+      limits: {
+        maxBalance: 100_000_000_000_000,
+        maxAccountsPerCustomer: 20,
+        maxFilesPerCustomer: 1000,
+        maxFileBytesPerCustomer: 1024 ** 3,
+        rateLimitPerMinute: 6000,
+        authFailureLimitPerMinute: 60,
+        trustProxy: false,
+      },
+      http: {
+        headerTimeoutMs: 10_000,
+        bodyTimeoutMs: 30_000,
+        requestTimeoutMs: 600_000,
+        keepAliveTimeoutMs: 5_000,
+        maxRequestsPerSocket: 1000,
+        maxConnections: 4096,
+      },
     });
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.sql)).toBe(true);
+  });
+
+  it('reads the limits, and refuses a balance ceiling and account quota whose customer total passes 2^53', () => {
+    const config = loadConfig({
+      DATABANK_MAX_BALANCE: '5000',
+      DATABANK_MAX_ACCOUNTS_PER_CUSTOMER: '3',
+      DATABANK_RATE_LIMIT_PER_MINUTE: '10',
+      DATABANK_AUTH_FAILURE_LIMIT_PER_MINUTE: '2',
+      TRUST_PROXY: '10.0.0.0/8, 127.0.0.1',
+      DATABANK_BODY_TIMEOUT_MS: '500',
+    });
+    expect(config.limits).toMatchObject({ maxBalance: 5000, maxAccountsPerCustomer: 3, rateLimitPerMinute: 10 });
+    expect(config.limits.trustProxy).toBe('10.0.0.0/8, 127.0.0.1');
+    expect(loadConfig({ TRUST_PROXY: '2' }).limits.trustProxy).toBe(2);
+    expect(loadConfig({ TRUST_PROXY: 'true' }).limits.trustProxy).toBe(true);
+    expect(config.http.bodyTimeoutMs).toBe(500);
+    const problems = (env: Record<string, string>) => {
+      try {
+        loadConfig(env);
+        return [];
+      } catch (err) {
+        return (err as ConfigError).problems;
+      }
+    };
+    expect(problems({ DATABANK_MAX_BALANCE: '100000000000001' })).toEqual([
+      'DATABANK_MAX_BALANCE: "100000000000001" is not a whole number from 1 to 100000000000000',
+    ]);
+    expect(problems({ DATABANK_MAX_ACCOUNTS_PER_CUSTOMER: '100' })).toEqual([
+      'DATABANK_MAX_BALANCE × DATABANK_MAX_ACCOUNTS_PER_CUSTOMER: 100000000000000 × 100 passes 2^53−1 ' +
+        '(9007199254740991), so a customer\'s total could stop being exact; lower one of them',
+    ]);
+    expect(problems({ TRUST_PROXY: 'everyone' })).toEqual([
+      'TRUST_PROXY: "everyone" is not true, false, a hop count or a list of proxy addresses/CIDRs',
+    ]);
+    expect(problems({ DATABANK_HEADER_TIMEOUT_MS: '20000', DATABANK_REQUEST_TIMEOUT_MS: '10000' })).toEqual([
+      'DATABANK_HEADER_TIMEOUT_MS: must not be longer than DATABANK_REQUEST_TIMEOUT_MS',
+    ]);
   });
 
   it('uses a pool with DATABASE_URL and does not migrate on boot unless told', () => {

@@ -63,6 +63,9 @@ export async function startDatabank(options: DatabankOptions): Promise<Databank>
     HOST: '127.0.0.1',
     LOG_LEVEL: 'warn',
     DATABASE_POOL_MAX: String(options.poolMax),
+    // One admin key drives thousands of requests a second: the per-key limit is still counted on
+    // every request, but set past what the run can reach, so it measures the cost, not a 429.
+    DATABANK_RATE_LIMIT_PER_MINUTE: '10000000',
     ...options.env,
   });
   const child = startChild('databank', process.execPath, ['bin/databank.js', 'serve'], { cwd: DATABANK_DIR, env });

@@ -18,8 +18,8 @@ const NEWEST = NAMES[NAMES.length - 1] as string;
 const SLOW = { timeout: 180_000 } as const;
 
 const CHAPTER =
-  '{"result":[{"id":2,"name":"Karen Johnson","date_of_birth":"1989-11-18","balance":4853},' +
-  '{"id":3,"name":"Wade Feinstein","date_of_birth":"1965-02-25","balance":2150}]}';
+  '{"result":[{"id":2,"name":"Karen Johnson","date_of_birth":"1989-11-18","balance":4853,"balances":{"USD":4853}},' +
+  '{"id":3,"name":"Wade Feinstein","date_of_birth":"1965-02-25","balance":2150,"balances":{"USD":2150}}]}';
 
 describe('databank serve on the embedded engine, over a real socket', () => {
   let dir: string;
