@@ -63,8 +63,16 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
     trustProxy,
     // A badly percent-encoded URL or an over-long path parameter is refused before routing, where
     // the error handler does not reach: answer those from the catalog too.
-    frameworkErrors: (err: FastifyError, _request: FastifyRequest, reply: FastifyReply) => {
-      reply.code(400).send(errorBody(new DatabankError('DATABANK_ERR_VALIDATION', err.message)));
+    // The hooks do not run for these, so the answer carries the API's headers itself, and never
+    // echoes the path it refused.
+    frameworkErrors: (err: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
+      const message = err.code === 'FST_ERR_BAD_URL' ? 'the path is not valid percent-encoded UTF-8' : err.message;
+      reply
+        .code(400)
+        .header('x-request-id', request.id)
+        .header('x-content-type-options', 'nosniff')
+        .header('cache-control', 'no-store')
+        .send(errorBody(new DatabankError('DATABANK_ERR_VALIDATION', message)));
     },
     // No coercion: path ids become numbers through the id keyword, after their pattern has passed.
     // `verbose` gives each error its schema and value, from which the refusal is put in words.
