@@ -48,6 +48,9 @@ export async function startAttackServer(engine: EngineName, label: string, env: 
     if (redis) {
       serverEnv.REDIS_URL = REDIS_URL as string;
       serverEnv.DATABANK_CACHE_PREFIX = prefix;
+      // The attacks count exact answers: on a loaded machine a Redis reply past the default 50 ms
+      // would leave a request uncounted (served, by design), so give Redis time to answer.
+      serverEnv.DATABANK_CACHE_TIMEOUT_MS = '2000';
     }
   }
   let served: Served;
