@@ -13,7 +13,7 @@ export const INVISIBLE_CLASS = '\\u061c\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u
 const INVISIBLE = new RegExp(`[${INVISIBLE_CLASS}]`, 'u');
 const INVISIBLE_ALL = new RegExp(`[${INVISIBLE_CLASS}]`, 'gu');
 
-/** The first invisible character of `text` as `U+XXXX`, or null when there is none. */
+/** The first invisible character of `text` written `U+` and four hex digits (`U+202E`), or null when there is none. */
 export function firstInvisible(text: string): string | null {
   const found = INVISIBLE.exec(text)?.[0];
   return found === undefined ? null : `U+${(found.codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0')}`;
