@@ -4,7 +4,7 @@ import type { ApiKeysService, CreatedKey, KeyInfo } from '../services/api-keys.t
 import type { SqlStore } from '../stores/sql/index.ts';
 import { configOrExit, withStore } from './context.ts';
 import { printResult, type JsonOption } from './output.ts';
-import { callServer, readAdminKey, serverBase, withServerOptions, type ServerOptions } from './server-client.ts';
+import { callServer, serverBase, withServerOptions, type ServerOptions } from './server-client.ts';
 
 /**
  * `databank keys create|list|revoke|rotate`: API keys, printed once and stored only as a hash.
@@ -155,17 +155,7 @@ function listOnServer(opts: ServerOptions): Promise<KeyInfo[]> {
 
 /** `DELETE /api-keys/:id` on the running server; it answers 204 without a body. */
 async function revokeOnServer(opts: ServerOptions, id: number): Promise<void> {
-  const config = configOrExit();
-  const base = serverBase(opts, config);
-  const res = await fetch(new URL(`/api-keys/${id}`, base), {
-    method: 'DELETE',
-    headers: { authorization: `Bearer ${readAdminKey(opts, config)}` },
-  }).catch((err: Error) => {
-    throw new Error(`no databank server answers at ${base} (${String(err.cause ?? err.message)})`);
-  });
-  if (res.status === 204) return;
-  const body = (await res.json().catch(() => ({}))) as { code?: string; message?: string };
-  throw new Error(`${res.status} ${body.code ?? ''}: ${body.message ?? ''}`);
+  await callServer(opts, 'DELETE', `/api-keys/${id}`);
 }
 
 /** One line per key, in columns. */

@@ -56,7 +56,12 @@ export function readAdminKey(opts: ServerOptions, config: Config): string {
  * @example
  * const body = await callServer(opts, 'POST', '/cache/flush', { prefix: 'account:' });
  */
-export async function callServer(opts: ServerOptions, method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> {
+export async function callServer(
+  opts: ServerOptions,
+  method: 'GET' | 'POST' | 'DELETE',
+  path: string,
+  body?: unknown,
+): Promise<unknown> {
   const config = configOrExit();
   const base = serverBase(opts, config);
   const key = readAdminKey(opts, config);
@@ -70,6 +75,8 @@ export async function callServer(opts: ServerOptions, method: 'GET' | 'POST', pa
   } catch (err) {
     throw new Error(`no databank server answers at ${base} (${String((err as Error).cause ?? (err as Error).message)})`);
   }
+  // 204 No Content (a DELETE): nothing to read.
+  if (res.status === 204) return null;
   const text = await res.text();
   let json: { code?: string; message?: string };
   try {
