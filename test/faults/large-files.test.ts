@@ -18,7 +18,13 @@ const MiB = 1024 * 1024;
 const CHUNKS = STREAM_BYTES / MiB; // in 1 MiB chunks
 const SIZE = CHUNKS * MiB;
 const KEY = 'large/stream';
-/** Largest allowed growth of the resident set over its level before the transfer. */
+/**
+ * Largest allowed growth of the resident set over its level before the transfer, counted from the
+ * warm-up's peak when that is higher: the warm-up moved a smaller object through the same code, so
+ * the working set it reached (client buffers, parts in flight, garbage not yet collected on a
+ * loaded machine) is not growth with the object's size. A store that held the object would still
+ * pass this bound by hundreds of MiB.
+ */
 const RSS_LIMIT = 100 * MiB;
 /** The warm-up's object: a quarter of the test's at 256 MiB, 64 MiB at 1 GiB. */
 const WARM_UP_CHUNKS = LARGE ? 64 : 32;
@@ -108,7 +114,7 @@ describe.each(FILE_STORE_KINDS.map((kind) => ({ kind })))(`${STREAM_LABEL} throu
     `${mib(peak - warmUpPeak)} over the warm-up's peak`;
 
   // One test, in this order: the download reads back the object the upload wrote.
-  it(`uploads ${STREAM_LABEL} from a generated stream and downloads it as a stream, sha256 matching, the resident set growing by less than 100 MiB each way`, { timeout: TIMEOUT }, async ({ annotate }) => {
+  it(`uploads ${STREAM_LABEL} from a generated stream and downloads it as a stream, sha256 matching, the resident set growing by less than 100 MiB past the warm-up's each way`, { timeout: TIMEOUT }, async ({ annotate }) => {
     const sentHash = createHash('sha256');
     const upPeak = new PeakRss();
     const upStart = performance.now();
@@ -123,7 +129,7 @@ describe.each(FILE_STORE_KINDS.map((kind) => ({ kind })))(`${STREAM_LABEL} throu
     const sent = sentHash.digest('hex');
     expect(result).toEqual({ size: SIZE });
     expect((await store.head(KEY))?.size).toBe(SIZE);
-    expect(upHighest - upPeak.base).toBeLessThan(RSS_LIMIT);
+    expect(upHighest - Math.max(upPeak.base, warmUpPeak)).toBeLessThan(RSS_LIMIT);
 
     const hash = createHash('sha256');
     let size = 0;
@@ -143,6 +149,6 @@ describe.each(FILE_STORE_KINDS.map((kind) => ({ kind })))(`${STREAM_LABEL} throu
     }
     await annotate(report('download', performance.now() - t0, peak.base, highest));
     expect({ size, sha256: hash.digest('hex') }).toEqual({ size: SIZE, sha256: sent });
-    expect(highest - peak.base).toBeLessThan(RSS_LIMIT);
+    expect(highest - Math.max(peak.base, warmUpPeak)).toBeLessThan(RSS_LIMIT);
   });
 });

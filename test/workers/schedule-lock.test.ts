@@ -100,7 +100,13 @@ describe.skipIf(!POSTGRES_UP && !REQUIRE_SERVICES)(`advisory schedule lock acros
 
   it('releases the lock when the run fails, and does not hold other schedules back', async () => {
     const { opened, open } = gate();
-    const holding = advisoryLock(one.db).tryRun('a', () => opened);
+    const started = gate();
+    const holding = advisoryLock(one.db).tryRun('a', () => {
+      started.open();
+      return opened;
+    });
+    // The run starts only once the lock is held: from here on, 'a' is held by the other pool.
+    await started.opened;
     // 'b' has a key of its own, so it runs while 'a' is held elsewhere.
     expect(await advisoryLock(two.db).tryRun('b', async () => undefined)).toBe(true);
     expect(await advisoryLock(two.db).tryRun('a', async () => undefined)).toBe(false);
