@@ -4,6 +4,7 @@ import { Closers, type CloseOptions } from './closers.ts';
 import type { Config } from './config.ts';
 import type { DeploymentRecord } from './data-dir.ts';
 import { openDeploymentDatabase } from './database.ts';
+import { openBackground, type Background } from './background.ts';
 import type { HttpDeps } from './http/deps.ts';
 import { createMetrics } from './http/metrics.ts';
 import { buildServer } from './http/server.ts';
@@ -35,6 +36,8 @@ export interface App {
   readonly deps: HttpDeps;
   /** The background work of this process (site refresh; the shared schedules unless `worker: false`). */
   readonly workers: WorkerHost;
+  /** The job queue, the event stream and their services. */
+  readonly background: Background;
   /** What the first start made (demo data, admin key); null when bootstrap was skipped. */
   readonly bootstrapped: BootstrapResult | null;
   /**
@@ -111,6 +114,7 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     // Both handles are the primary until replicas are configured; services keep them apart already.
     const handles: Db = { reader: sql.db, writer: sql.db };
     const db = options.wrapDb ? options.wrapDb(handles) : handles;
+    const background = await openBackground({ config, sql, db, files, logger, closers, registry: metrics.registry });
     const idempotency = new IdempotencyService(db);
     const apiKeys = new ApiKeysService(db, {
       cache,
@@ -129,7 +133,12 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       files: new FilesService(db, files, config.files.maxUploadBytes, (key, err) =>
         logger.warn({ err, key }, 'file object left behind; `databank files sweep` removes it'),
         { maxFiles: config.limits.maxFilesPerCustomer, maxBytes: config.limits.maxFileBytesPerCustomer },
+        background.jobs,
       ),
+      jobs: background.jobs,
+      statements: background.statements,
+      activity: background.activity,
+      asyncOps: background.ops,
       // The site-refresh worker reads the manifest every 2 s; a request reads it itself only when
       // the worker has fallen 10 s behind.
       site: new Site(files, { ...DEFAULT_SITE_OPTIONS, refreshMs: 10_000 }, (err) =>
@@ -152,11 +161,17 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       site: deps.site ?? undefined,
       registry: metrics.registry,
       background: options.worker ?? true,
+      // Every serving process keeps its in-process cache fresh from the stream; a shared cache
+      // (Redis) is invalidated by the writer itself.
+      extra: background.workers({
+        shared: options.worker ?? true,
+        cache: config.cache.store.kind === 'memory' ? cache : undefined,
+      }),
     });
     closers.add('workers', () => workers.stop());
     const http = await buildServer(deps, { logger, http: config.http });
     closers.add('http server', () => http.close());
-    return { config, deployment, sql, files, http, deps, workers, bootstrapped, close };
+    return { config, deployment, sql, files, http, deps, workers, background, bootstrapped, close };
   } catch (err) {
     await close().catch(() => undefined);
     throw err;

@@ -82,6 +82,20 @@ export interface HttpSettings {
   readonly maxConnections: number;
 }
 
+/** Where background jobs and events go (the [async] roles). */
+export interface BrokerSettings {
+  /** `AMQP_URL` moves the job queue to RabbitMQ; default pg-boss on the deployment's database. */
+  readonly queue: { readonly kind: 'postgres' } | { readonly kind: 'rabbitmq'; readonly url: string };
+  /** `NATS_URL` moves the event stream to NATS JetStream; default a log table in the database. */
+  readonly stream: { readonly kind: 'postgres' } | { readonly kind: 'nats'; readonly url: string };
+  /** `DATABANK_BROKER_PREFIX`: the start of every queue, stream and consumer name on a shared broker. */
+  readonly prefix: string;
+  /** `DATABANK_JOB_CONCURRENCY`: jobs of one kind a process runs at once (the consumer's prefetch). */
+  readonly jobConcurrency: number;
+  /** `DATABANK_JOB_MAX_ATTEMPTS`: deliveries of a job before it goes to the dead-letter queue. */
+  readonly jobMaxAttempts: number;
+}
+
 export interface Config {
   readonly dataDir: string;
   readonly host: string;
@@ -98,6 +112,7 @@ export interface Config {
   readonly shutdownTimeoutMs: number;
   readonly limits: LimitsSettings;
   readonly http: HttpSettings;
+  readonly broker: BrokerSettings;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -140,6 +155,7 @@ export function loadConfig(env: Env = process.env): Config {
   const shutdownTimeoutMs = parseIntVar(env, 'DATABANK_SHUTDOWN_TIMEOUT_MS', 25_000, 100, 3_600_000, problems);
   const limits = parseLimits(env, problems);
   const http = parseHttp(env, problems);
+  const broker = parseBroker(env, problems);
   if (problems.length > 0 || sql === null) throw new ConfigError(problems);
   return deepFreeze({
     dataDir,
@@ -155,7 +171,36 @@ export function loadConfig(env: Env = process.env): Config {
     shutdownTimeoutMs,
     limits,
     http,
+    broker,
   });
+}
+
+function parseBroker(env: Env, problems: string[]): BrokerSettings {
+  const url = (name: 'AMQP_URL' | 'NATS_URL', schemes: readonly string[]): string | null => {
+    const value = env[name];
+    if (value === undefined || value === '') return null;
+    try {
+      const parsed = new URL(value);
+      if (schemes.includes(parsed.protocol)) return value;
+    } catch {
+      // reported below
+    }
+    problems.push(`${name}: expected a URL starting with ${schemes.map((s) => `${s}//`).join(' or ')}`);
+    return null;
+  };
+  const amqp = url('AMQP_URL', ['amqp:', 'amqps:']);
+  const nats = url('NATS_URL', ['nats:', 'tls:']);
+  const prefix = env.DATABANK_BROKER_PREFIX || 'databank';
+  if (!/^[A-Za-z0-9_-]{1,32}$/.test(prefix)) {
+    problems.push('DATABANK_BROKER_PREFIX: 1 to 32 letters, digits, _ or - (it starts queue, stream and consumer names)');
+  }
+  return {
+    queue: amqp ? { kind: 'rabbitmq', url: amqp } : { kind: 'postgres' },
+    stream: nats ? { kind: 'nats', url: nats } : { kind: 'postgres' },
+    prefix,
+    jobConcurrency: parseIntVar(env, 'DATABANK_JOB_CONCURRENCY', 2, 1, 256, problems),
+    jobMaxAttempts: parseIntVar(env, 'DATABANK_JOB_MAX_ATTEMPTS', 5, 1, 100, problems),
+  };
 }
 
 /** The database's own ceiling on a balance (migration 0005's check). */

@@ -1,8 +1,10 @@
 import { Command } from 'commander';
 import * as cache from './cli/cache.ts';
+import * as events from './cli/events.ts';
 import * as files from './cli/files.ts';
 import * as keys from './cli/keys.ts';
 import * as migrate from './cli/migrate.ts';
+import * as queue from './cli/queue.ts';
 import * as seed from './cli/seed.ts';
 import * as serve from './cli/serve.ts';
 import * as site from './cli/site.ts';
@@ -22,10 +24,9 @@ export interface CommandFamily {
 
 /**
  * Every command family, in the order `databank --help` lists them. A new family is a new file in
- * src/cli/ and one line here; the ones planned are backup, events, queue, replica,
- * analytics and search.
+ * src/cli/ and one line here; the ones planned are backup, replica, analytics and search.
  */
-export const COMMAND_FAMILIES: readonly CommandFamily[] = [serve, worker, migrate, seed, keys, site, files, cache];
+export const COMMAND_FAMILIES: readonly CommandFamily[] = [serve, worker, migrate, seed, keys, site, files, cache, queue, events];
 
 /** The whole command tree, unparsed; tests read its help without starting a process. */
 export function buildCli(): Command {

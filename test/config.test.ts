@@ -40,9 +40,32 @@ describe('config', () => {
         maxRequestsPerSocket: 1000,
         maxConnections: 4096,
       },
+      broker: { queue: { kind: 'postgres' }, stream: { kind: 'postgres' }, prefix: 'databank', jobConcurrency: 2, jobMaxAttempts: 5 },
     });
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.sql)).toBe(true);
+  });
+
+  it('moves the queue to RabbitMQ and the stream to NATS, and refuses URLs and prefixes that cannot be', () => {
+    expect(
+      loadConfig({ AMQP_URL: 'amqp://u:p@mq:5672', NATS_URL: 'nats://n:4222', DATABANK_BROKER_PREFIX: 'bank_2', DATABANK_JOB_CONCURRENCY: '4' }).broker,
+    ).toEqual({
+      queue: { kind: 'rabbitmq', url: 'amqp://u:p@mq:5672' },
+      stream: { kind: 'nats', url: 'nats://n:4222' },
+      prefix: 'bank_2',
+      jobConcurrency: 4,
+      jobMaxAttempts: 5,
+    });
+    expect(() => loadConfig({ AMQP_URL: 'http://mq', NATS_URL: 'x', DATABANK_BROKER_PREFIX: 'a.b', DATABANK_JOB_MAX_ATTEMPTS: '0' })).toThrow(
+      expect.objectContaining({
+        problems: [
+          'AMQP_URL: expected a URL starting with amqp:// or amqps://',
+          'NATS_URL: expected a URL starting with nats:// or tls://',
+          'DATABANK_BROKER_PREFIX: 1 to 32 letters, digits, _ or - (it starts queue, stream and consumer names)',
+          'DATABANK_JOB_MAX_ATTEMPTS: "0" is not a whole number from 1 to 100',
+        ],
+      }),
+    );
   });
 
   it('reads the limits, and refuses a balance ceiling and account quota whose customer total passes 2^53', () => {

@@ -4,7 +4,7 @@ import type { ApiKeysService, CreatedKey, KeyInfo } from '../services/api-keys.t
 import type { SqlStore } from '../stores/sql/index.ts';
 import { configOrExit, withStore } from './context.ts';
 import { printResult, type JsonOption } from './output.ts';
-import { callServer, serverBase, withServerOptions, type ServerOptions } from './server-client.ts';
+import { answers, callServer, serverBase, withServerOptions, type ServerOptions } from './server-client.ts';
 
 /**
  * `databank keys create|list|revoke|rotate`: API keys, printed once and stored only as a hash.
@@ -81,16 +81,6 @@ async function viaServer<T>(opts: ServerOptions, server: (opts: ServerOptions) =
       await keys.close();
     }
   });
-}
-
-/** Whether anything answers HTTP at `base`. */
-async function answers(base: string): Promise<boolean> {
-  try {
-    await fetch(new URL('/healthz', base), { signal: AbortSignal.timeout(2_000) });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**

@@ -88,3 +88,18 @@ export async function callServer(
   if (!res.ok) throw new Error(`${res.status} ${json.code ?? ''}: ${json.message ?? ''}`);
   return json;
 }
+
+/** Whether anything answers HTTP at `base`. */
+export async function answers(base: string): Promise<boolean> {
+  try {
+    await fetch(new URL('/healthz', base), { signal: AbortSignal.timeout(2_000) });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether a command should go through the server: `--url` names one, or one answers at HOST:PORT. */
+export async function serverRuns(opts: ServerOptions): Promise<boolean> {
+  return Boolean(opts.url) || (await answers(serverBase(opts, configOrExit())));
+}

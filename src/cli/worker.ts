@@ -46,7 +46,18 @@ async function work(opts: WorkerOpts): Promise<void> {
   const registry = new Registry();
   try {
     const db = primaryOnly(sql.db);
-    const host = startWorkerHost({ logger, sql, idempotency: new IdempotencyService(db), registry });
+    const { openFileStore } = await import('../stores/files/index.ts');
+    const { openBackground } = await import('../background.ts');
+    const files = await openFileStore(config.files.store);
+    closers.add('file store', () => files.close());
+    const background = await openBackground({ config, sql, db, files, logger, closers, registry });
+    const host = startWorkerHost({
+      logger,
+      sql,
+      idempotency: new IdempotencyService(db),
+      registry,
+      extra: background.workers({ shared: true }),
+    });
     closers.add('workers', () => host.stop());
     if (opts.metricsPort !== undefined) {
       const { ApiKeysService } = await import('../services/api-keys.ts');

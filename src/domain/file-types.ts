@@ -6,6 +6,13 @@
 export const ALLOWED_TYPES = ['image/png', 'image/jpeg', 'image/webp', 'image/gif', 'application/pdf', 'text/plain'] as const;
 export type AllowedType = (typeof ALLOWED_TYPES)[number];
 
+/** What a stored file may be: an upload's type, or a file the bank made (a CSV statement). */
+export const STORED_TYPES = [...ALLOWED_TYPES, 'text/csv'] as const;
+export type StoredType = (typeof STORED_TYPES)[number];
+
+/** The uploads that get web, mobile and thumbnail variants (the `image.variants` job). */
+export const IMAGE_TYPES: ReadonlySet<string> = new Set(['image/png', 'image/jpeg', 'image/webp', 'image/gif']);
+
 /** How many leading bytes `sniff` needs to decide (fewer when the file is shorter). */
 export const SNIFF_BYTES = 512;
 

@@ -9,6 +9,10 @@ import type { Site } from '../services/site.ts';
 import type { TransfersService } from '../services/transfers.ts';
 import type { CachedReads } from '../services/cached-reads.ts';
 import type { LimitsSettings } from '../config.ts';
+import type { ActivityService } from '../services/activity.ts';
+import type { AsyncOps } from '../services/async-ops.ts';
+import type { JobsService } from '../services/jobs.ts';
+import type { StatementsService } from '../services/statements.ts';
 import type { Metrics } from './metrics.ts';
 
 /** What the HTTP layer needs: services and metrics, never a store. */
@@ -23,6 +27,11 @@ export interface HttpDeps {
   readonly metrics: Metrics;
   readonly cache: CachedReads;
   readonly files: FilesService;
+  readonly jobs: JobsService;
+  readonly statements: StatementsService;
+  readonly activity: ActivityService;
+  /** Queue and stream operations for admins. */
+  readonly asyncOps: AsyncOps;
   /** The public website; null serves none. */
   readonly site: Site | null;
   /** Balance, quota and rate limits. */

@@ -18,6 +18,8 @@ import { customerRoutes } from './routes/customers.ts';
 import { fileRoutes } from './routes/files.ts';
 import { healthRoutes } from './routes/health.ts';
 import { apiKeyRoutes } from './routes/api-keys.ts';
+import { asyncAdminRoutes } from './routes/async-admin.ts';
+import { jobRoutes } from './routes/jobs.ts';
 import { moneyRoutes } from './routes/money.ts';
 import { registerRateLimits } from './rate-limit.ts';
 import { registerSite, routeNotFound } from './site.ts';
@@ -108,7 +110,7 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
   });
   if (deps.site) registerSite(app, deps.site);
   else app.setNotFoundHandler(routeNotFound);
-  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes, apiKeyRoutes]) {
+  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes, apiKeyRoutes, jobRoutes, asyncAdminRoutes]) {
     await app.register(async (scope) => routes(scope.withTypeProvider<TypeBoxTypeProvider>(), deps));
   }
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

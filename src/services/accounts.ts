@@ -5,6 +5,7 @@ import type { Db } from '../stores/sql/port.ts';
 import { assertOwns } from './access.ts';
 import { decodeCursor, toPage } from './paging.ts';
 import { movedMoney, type CachedReads, type CacheOutcome } from './cached-reads.ts';
+import { appendEvents } from './outbox.ts';
 import { inTransaction, read } from './transaction.ts';
 
 const ACCOUNT_COLUMNS = ['account_id', 'account_type', 'balance', 'customer_id', 'currency'] as const;
@@ -45,10 +46,7 @@ export class AccountsService {
         .values({ customer_id: customerId, account_type: input.account_type, currency: input.currency ?? 'USD' })
         .returning(ACCOUNT_COLUMNS)
         .executeTakeFirstOrThrow();
-      await trx
-        .insertInto('outbox')
-        .values({ topic: 'account.opened', aggregate_id: String(account.account_id), payload: JSON.stringify(account) })
-        .execute();
+      await appendEvents(trx, [{ type: 'account.opened', aggregate_id: account.account_id, customer_ids: [customerId], payload: accountPayload(account) }]);
       return account;
     });
     await this.cache.invalidate(movedMoney([[account.account_id, customerId]]));
@@ -120,4 +118,9 @@ export class AccountsService {
     const entries: LedgerEntry[] = rows.map((r) => ({ ...r, created_at: r.created_at.toISOString() }));
     return toPage(entries, query.limit, (e) => e.entry_id);
   }
+}
+
+/** An account's event payload: the account as opened. */
+export function accountPayload(a: { account_id: number; customer_id: number; account_type: string; currency: string }) {
+  return { account_id: a.account_id, customer_id: a.customer_id, account_type: a.account_type, currency: a.currency };
 }

@@ -2,7 +2,10 @@ import { sql, type Kysely } from 'kysely';
 import type { Db } from '../stores/sql/port.ts';
 import type { Database } from '../stores/sql/schema.ts';
 import type { ApiKeysService } from './api-keys.ts';
+import { accountPayload } from './accounts.ts';
+import { customerPayload } from './customers.ts';
 import { recordMovement } from './ledger.ts';
+import { appendEvents } from './outbox.ts';
 import { inTransaction } from './transaction.ts';
 
 /** The chapter's customers (Table 18), each with one checking account holding its balance. */
@@ -52,6 +55,18 @@ export async function seedIfEmpty(db: Kysely<Database>): Promise<boolean> {
     .insertInto('accounts')
     .values(CHAPTER_CUSTOMERS.map((c) => ({ account_id: c.id, customer_id: c.id, account_type: 'checking' as const })))
     .execute();
+  await appendEvents(
+    db,
+    CHAPTER_CUSTOMERS.flatMap((c) => [
+      { type: 'customer.registered' as const, aggregate_id: c.id, customer_ids: [c.id], payload: customerPayload(c) },
+      {
+        type: 'account.opened' as const,
+        aggregate_id: c.id,
+        customer_ids: [c.id],
+        payload: accountPayload({ account_id: c.id, customer_id: c.id, account_type: 'checking', currency: 'USD' }),
+      },
+    ]),
+  );
   // Explicit ids leave the identity sequences behind; move them past the demo rows.
   await sql`select setval(pg_get_serial_sequence('customers', 'id'), (select max(id) from customers))`.execute(db);
   await sql`select setval(pg_get_serial_sequence('accounts', 'account_id'), (select max(account_id) from accounts))`.execute(db);
@@ -65,8 +80,10 @@ export async function seedIfEmpty(db: Kysely<Database>): Promise<boolean> {
         { account_id: c.id, amount: c.balance },
         { system_account: 'cash:USD', amount: -c.balance },
       ],
-      topic: 'deposit.completed',
-      payload: { account_id: c.id, amount: c.balance },
+      type: 'money.deposited',
+      events: [
+        { aggregate_id: c.id, customer_ids: [c.id], payload: { account_id: c.id, customer_id: c.id, amount: c.balance, currency: 'USD' } },
+      ],
     });
   }
   return true;

@@ -8,6 +8,7 @@ import type { Database } from '../stores/sql/schema.ts';
 import { assertAdmin, assertOwns } from './access.ts';
 import { decodeCursor, toPage } from './paging.ts';
 import type { CachedReads, CacheOutcome } from './cached-reads.ts';
+import { appendEvents } from './outbox.ts';
 import { inTransaction, read } from './transaction.ts';
 
 export interface ListCustomersQuery {
@@ -69,10 +70,9 @@ export class CustomersService {
         .returning(['id', 'name', 'date_of_birth'])
         .executeTakeFirstOrThrow();
       const customer: Customer = { ...row, balance: 0, balances: {} };
-      await trx
-        .insertInto('outbox')
-        .values({ topic: 'customer.created', aggregate_id: String(row.id), payload: JSON.stringify(customer) })
-        .execute();
+      await appendEvents(trx, [
+        { type: 'customer.registered', aggregate_id: row.id, customer_ids: [row.id], payload: customerPayload(row) },
+      ]);
       return customer;
     });
     // A "does not exist" may be cached for this id.
@@ -88,10 +88,7 @@ export class CustomersService {
       await trx.updateTable('customers').set({ name }).where('id', '=', id).execute();
       const customer = await this.selectCustomers(trx).where('c.id', '=', id).executeTakeFirst();
       if (!customer) throw new DatabankError('DATABANK_ERR_NOT_FOUND', `customer ${id} does not exist`);
-      await trx
-        .insertInto('outbox')
-        .values({ topic: 'customer.updated', aggregate_id: String(id), payload: JSON.stringify(customer) })
-        .execute();
+      await appendEvents(trx, [{ type: 'customer.updated', aggregate_id: id, customer_ids: [id], payload: customerPayload(customer) }]);
       return customer;
     });
     await this.cache.invalidate([['customer', id]]);
@@ -114,4 +111,9 @@ export class CustomersService {
         ) s), '{}'::jsonb)`.as('balances'),
       ]);
   }
+}
+
+/** A customer's event payload: who the customer is, not its balances (which other events carry). */
+export function customerPayload(c: { id: number; name: string; date_of_birth: string }) {
+  return { customer_id: c.id, name: c.name, date_of_birth: c.date_of_birth };
 }

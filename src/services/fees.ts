@@ -108,6 +108,7 @@ export class FeesService {
     const due = accounts.filter((a) => !done.has(a.account_id));
     const charged = due.filter((a) => a.balance >= amount).map((a) => a.account_id);
     let transactionId: number | null = null;
+    const owner = new Map(accounts.map((a) => [a.account_id, a.customer_id]));
     if (charged.length > 0) {
       const recorded = await recordMovement(trx, {
         kind: 'fee',
@@ -117,8 +118,12 @@ export class FeesService {
           ...charged.map((account_id) => ({ account_id, amount: -amount })),
           { system_account: `fee_income:${currency}` as const, amount: amount * charged.length },
         ],
-        topic: 'fee.charged',
-        payload: { reference, amount, currency, charged },
+        type: 'fee.charged',
+        // One event per charged account: each customer's activity holds only its own account.
+        events: charged.map((account_id) => {
+          const customer_id = owner.get(account_id) as number;
+          return { aggregate_id: account_id, customer_ids: [customer_id], payload: { account_id, customer_id, reference, amount, currency } };
+        }),
       });
       transactionId = recorded.transaction_id;
       await trx
@@ -126,7 +131,6 @@ export class FeesService {
         .values(charged.map((account_id) => ({ reference, account_id, transaction_id: recorded.transaction_id })))
         .execute();
     }
-    const owner = new Map(accounts.map((a) => [a.account_id, a.customer_id]));
     return {
       lastId: accounts.length === this.batchSize ? (ids[ids.length - 1] as number) : null,
       transactionId,

@@ -2,12 +2,14 @@ import { createHash, randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { sql, type Kysely } from 'kysely';
 import { DatabankError, fileStoreCall } from '../domain/errors.ts';
-import { SNIFF_BYTES, sniff, TextChecker, type AllowedType } from '../domain/file-types.ts';
+import { IMAGE_TYPES, SNIFF_BYTES, sniff, TextChecker, type StoredType } from '../domain/file-types.ts';
 import type { Page, Principal } from '../domain/types.ts';
 import type { ByteRange, FileStore } from '../stores/files/port.ts';
 import type { Db } from '../stores/sql/port.ts';
-import type { Database } from '../stores/sql/schema.ts';
+import type { Database, VariantName } from '../stores/sql/schema.ts';
 import { assertOwns } from './access.ts';
+import type { JobsService } from './jobs.ts';
+import { appendEvents } from './outbox.ts';
 import { decodeCursor, toPage } from './paging.ts';
 import { inTransaction, read } from './transaction.ts';
 
@@ -16,10 +18,30 @@ export interface FileMeta {
   readonly file_id: number;
   readonly customer_id: number;
   readonly filename: string;
-  readonly content_type: AllowedType;
+  readonly content_type: StoredType;
   readonly size: number;
   readonly sha256: string;
   readonly created_at: string;
+  /** An image's web, mobile and thumbnail copies (made by the `image.variants` job); [] for other files. */
+  readonly variants: readonly VariantMeta[];
+}
+
+/** One image variant as the API shows it; width, height and size are null until it is ready. */
+export interface VariantMeta {
+  readonly name: VariantName;
+  readonly status: 'pending' | 'ready' | 'failed';
+  readonly content_type: string;
+  readonly width: number | null;
+  readonly height: number | null;
+  readonly size: number | null;
+}
+
+/** The variants every image gets, in the order the API lists them. */
+export const VARIANT_ORDER: readonly VariantName[] = ['web', 'mobile', 'thumbnail'];
+
+/** Where a file's variant lives in the file store: fixed, so a delete finds it whether or not its row says so. */
+export function variantKey(fileId: number, name: VariantName): string {
+  return `variants/${fileId}/${name}.webp`;
 }
 
 export interface FileQuota {
@@ -63,6 +85,8 @@ export class FilesService {
     private readonly onOrphan: (key: string, err: unknown) => void = () => undefined,
     /** What one customer may keep: `DATABANK_MAX_FILES_PER_CUSTOMER`, `DATABANK_MAX_FILE_BYTES_PER_CUSTOMER`. */
     private readonly quota: FileQuota = { maxFiles: Number.MAX_SAFE_INTEGER, maxBytes: Number.MAX_SAFE_INTEGER },
+    /** Where an image's `image.variants` job is written; null: no variants (tools that only sweep). */
+    private readonly jobs: JobsService | null = null,
   ) {}
 
   get maxUploadBytes(): number {
@@ -160,13 +184,26 @@ export class FilesService {
         // concurrent ones; the count is taken again under it.
         await trx.selectFrom('customers').select('id').where('id', '=', customerId).forUpdate().executeTakeFirst();
         this.assertQuota(customerId, await this.usage(trx, customerId), size);
-        return trx
+        const file = await trx
           .insertInto('files')
           .values({ customer_id: customerId, filename: input.filename, content_type: type, size, sha256, object_key: key })
           .returningAll()
           .executeTakeFirstOrThrow();
+        const meta = toMeta(file, []);
+        let variants: VariantMeta[] = [];
+        // The job commits with the file: a crash after the commit still makes the variants.
+        if (this.jobs && IMAGE_TYPES.has(type)) {
+          await trx
+            .insertInto('file_variants')
+            .values(VARIANT_ORDER.map((name) => ({ file_id: file.id, name })))
+            .execute();
+          variants = VARIANT_ORDER.map((name) => ({ name, status: 'pending', content_type: 'image/webp', width: null, height: null, size: null }));
+          await this.jobs.create(trx, 'image.variants', customerId, { file_id: file.id });
+        }
+        await appendEvents(trx, [{ type: 'file.uploaded', aggregate_id: file.id, customer_ids: [customerId], payload: filePayload(meta) }]);
+        return { ...meta, variants };
       });
-      return toMeta(row);
+      return row;
     } catch (err) {
       await this.store.delete(key).catch((e: unknown) => this.onOrphan(key, e));
       throw err;
@@ -192,11 +229,78 @@ export class FilesService {
         .limit(query.limit + 1)
         .execute(),
     );
-    return toPage(rows.map(toMeta), query.limit, (f) => f.file_id);
+    const variants = await this.variantsOf(rows.slice(0, query.limit).map((r) => r.id));
+    return toPage(
+      rows.map((r) => toMeta(r, variants.get(r.id) ?? [])),
+      query.limit,
+      (f) => f.file_id,
+    );
   }
 
   async get(principal: Principal, fileId: number): Promise<FileMeta> {
-    return toMeta(await this.row(principal, fileId));
+    const row = await this.row(principal, fileId);
+    return toMeta(row, (await this.variantsOf([row.id])).get(row.id) ?? []);
+  }
+
+  /**
+   * A ready variant of the file and a way to read its bytes; 404 while it is pending or failed,
+   * for a file without variants, and for another customer's file.
+   */
+  async variant(principal: Principal, fileId: number, name: VariantName) {
+    const file = await this.row(principal, fileId);
+    const v = await read(() =>
+      this.db.reader
+        .selectFrom('file_variants')
+        .selectAll()
+        .where('file_id', '=', file.id)
+        .where('name', '=', name)
+        .where('status', '=', 'ready')
+        .executeTakeFirst(),
+    );
+    if (!v || v.object_key === null) {
+      throw new DatabankError('DATABANK_ERR_NOT_FOUND', `file ${fileId} has no ready ${name} variant`);
+    }
+    const objectKey = v.object_key;
+    const base = file.filename.replace(/\.[^.]*$/u, '');
+    return {
+      meta: {
+        file_id: file.id,
+        customer_id: file.customer_id,
+        filename: `${base}.${name}.webp`,
+        content_type: v.content_type,
+        size: Number(v.size),
+        sha256: v.sha256 ?? '',
+      },
+      lastModified: v.updated_at,
+      open: async (range?: ByteRange) => (await fileStoreCall(() => this.store.get(objectKey, range)))?.body ?? null,
+    };
+  }
+
+  /** The variants of these files, in the API's order. */
+  private async variantsOf(fileIds: readonly number[]): Promise<Map<number, VariantMeta[]>> {
+    const byFile = new Map<number, VariantMeta[]>();
+    if (fileIds.length === 0) return byFile;
+    const rows = await read(() =>
+      this.db.reader
+        .selectFrom('file_variants')
+        .select(['file_id', 'name', 'status', 'content_type', 'width', 'height', 'size'])
+        .where('file_id', 'in', fileIds)
+        .execute(),
+    );
+    rows.sort((a, b) => VARIANT_ORDER.indexOf(a.name) - VARIANT_ORDER.indexOf(b.name));
+    for (const r of rows) {
+      const list = byFile.get(r.file_id) ?? [];
+      list.push({
+        name: r.name,
+        status: r.status,
+        content_type: r.content_type,
+        width: r.width,
+        height: r.height,
+        size: r.size === null ? null : Number(r.size),
+      });
+      byFile.set(r.file_id, list);
+    }
+    return byFile;
   }
 
   /**
@@ -206,18 +310,30 @@ export class FilesService {
   async content(principal: Principal, fileId: number) {
     const row = await this.row(principal, fileId);
     return {
-      meta: toMeta(row),
+      meta: toMeta(row, []),
       lastModified: row.created_at,
       open: async (range?: ByteRange) => (await fileStoreCall(() => this.store.get(row.object_key, range)))?.body ?? null,
     };
   }
 
-  /** Removes the row, then (after the commit) the object; a failure there leaves an orphan for `sweep`. */
+  /**
+   * Removes the row (its variants' rows with it) and writes `file.deleted`, then, after the commit,
+   * the object and its variants' objects; a failure there leaves an orphan for `sweep`. A variant
+   * job still under way finds the file gone when it commits and removes what it wrote.
+   */
   async delete(principal: Principal, fileId: number): Promise<void> {
     const row = await this.row(principal, fileId, this.db.writer);
-    const deleted = await this.db.writer.deleteFrom('files').where('id', '=', row.id).returning('object_key').executeTakeFirst();
+    const deleted = await inTransaction(this.db.writer, async (trx) => {
+      const gone = await trx.deleteFrom('files').where('id', '=', row.id).returning(['object_key', 'customer_id']).executeTakeFirst();
+      if (!gone) return null;
+      await appendEvents(trx, [
+        { type: 'file.deleted', aggregate_id: row.id, customer_ids: [gone.customer_id], payload: { file_id: row.id, customer_id: gone.customer_id } },
+      ]);
+      return gone;
+    });
     if (!deleted) throw new DatabankError('DATABANK_ERR_NOT_FOUND');
-    await this.store.delete(deleted.object_key).catch((err: unknown) => this.onOrphan(deleted.object_key, err));
+    const keys = [deleted.object_key, ...(IMAGE_TYPES.has(row.content_type) ? VARIANT_ORDER.map((n) => variantKey(row.id, n)) : [])];
+    for (const key of keys) await this.store.delete(key).catch((err: unknown) => this.onOrphan(key, err));
   }
 
   /**
@@ -322,22 +438,31 @@ export function checkFilename(filename: string): void {
   }
 }
 
-function toMeta(row: {
-  id: number;
-  customer_id: number;
-  filename: string;
-  content_type: string;
-  size: number;
-  sha256: string;
-  created_at: Date;
-}): FileMeta {
+function toMeta(
+  row: { id: number; customer_id: number; filename: string; content_type: string; size: number; sha256: string; created_at: Date },
+  variants: readonly VariantMeta[],
+): FileMeta {
   return {
     file_id: row.id,
     customer_id: row.customer_id,
     filename: row.filename,
-    content_type: row.content_type as AllowedType,
+    content_type: row.content_type as StoredType,
     size: row.size,
     sha256: row.sha256,
     created_at: row.created_at.toISOString(),
+    variants,
+  };
+}
+
+/** A file's event payload (`file.uploaded`): its description, not its bytes. */
+export function filePayload(f: Omit<FileMeta, 'variants'>) {
+  return {
+    file_id: f.file_id,
+    customer_id: f.customer_id,
+    filename: f.filename,
+    content_type: f.content_type,
+    size: f.size,
+    sha256: f.sha256,
+    created_at: f.created_at,
   };
 }

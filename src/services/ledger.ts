@@ -17,9 +17,18 @@ export interface Movement {
   readonly currency: Currency;
   readonly reference: string | null;
   readonly entries: readonly EntryTarget[];
-  /** The outbox event's topic; its payload gets `transaction_id` and `created_at` added. */
-  readonly topic: string;
-  readonly payload: Record<string, unknown>;
+  /** The type of the movement's outbox events (docs/events.md). */
+  readonly type: string;
+  /** Its events, in order; each payload gets `transaction_id` and `created_at` added. */
+  readonly events: readonly MovementEvent[];
+}
+
+/** One outbox event of a movement. */
+export interface MovementEvent {
+  readonly aggregate_id: number;
+  /** The customers whose activity the event is part of. */
+  readonly customer_ids: readonly number[];
+  readonly payload: Readonly<Record<string, unknown>>;
 }
 
 export interface Recorded {
@@ -58,10 +67,12 @@ export async function recordMovement(trx: Kysely<Database>, m: Movement): Promis
       select t.id, d.account_id, d.system_account, ${m.currency}, d.amount from t, d
     ),
     o as (
-      insert into outbox (topic, aggregate_id, payload)
-      select ${m.topic}, t.id::text,
-        ${JSON.stringify(m.payload)}::text::jsonb || jsonb_build_object('transaction_id', t.id, 'created_at', t.created_at)
-      from t
+      insert into outbox (type, aggregate_id, customer_ids, payload)
+      select ${m.type}, ev ->> 'aggregate_id',
+        array(select jsonb_array_elements_text(ev -> 'customer_ids')::bigint),
+        (ev -> 'payload') || jsonb_build_object('transaction_id', t.id, 'created_at', t.created_at)
+      from t, jsonb_array_elements(${JSON.stringify(m.events)}::text::jsonb) with ordinality as x(ev, n)
+      order by x.n
     )
     select t.id, t.created_at,
       (select coalesce(jsonb_object_agg(u.account_id::text, u.balance), '{}'::jsonb) from u) as balances

@@ -56,8 +56,14 @@ export class MovementsService {
             { account_id: accountId, amount: delta },
             { system_account: `cash:${account.currency}`, amount: -delta },
           ],
-          topic: `${kind}.completed`,
-          payload: { account_id: accountId, amount },
+          type: kind === 'deposit' ? 'money.deposited' : 'money.withdrawn',
+          events: [
+            {
+              aggregate_id: accountId,
+              customer_ids: [account.customer_id],
+              payload: { account_id: accountId, customer_id: account.customer_id, amount, currency: account.currency },
+            },
+          ],
         });
         const movement: Movement = {
           transaction_id: recorded.transaction_id,

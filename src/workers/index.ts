@@ -34,6 +34,8 @@ export interface WorkerDeps<DB> {
    * false for `databank serve --no-worker`, which still refreshes its own site.
    */
   readonly background?: boolean;
+  /** More workers, started after these (the [async] roles: `Background.workers`). */
+  readonly extra?: readonly Worker[];
 }
 
 /**
@@ -46,6 +48,7 @@ export function createWorkers<DB>(deps: WorkerDeps<DB>): Worker[] {
   if (deps.background ?? true) {
     workers.push(idempotencyPurge(deps.idempotency, scheduleLock(deps.sql), deps.logger));
   }
+  workers.push(...(deps.extra ?? []));
   return workers;
 }
 

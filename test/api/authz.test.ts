@@ -47,7 +47,11 @@ interface Ids {
   readonly file: number;
   /** Customer 2's API key. */
   readonly apiKey: number;
+  /** A statement job of customer 2's. */
+  readonly job: string;
 }
+
+const MONTH = new Date().toISOString().slice(0, 7);
 
 const UPLOAD = { headers: { 'content-type': 'text/plain' }, body: 'authz upload\n' } as const;
 
@@ -138,6 +142,42 @@ function casesFor(ids: Ids): Record<string, Omit<RouteCase, 'route' | 'method'>>
     'POST /api-keys/:id/rotate': {
       url: `/api-keys/${ids.apiKey}/rotate`,
       otherCustomer: refused(403, 'POST', `/api-keys/${ids.apiKey}/rotate`),
+    },
+    'GET /files/:id/variants/:name': {
+      url: `/files/${ids.file}/variants/web`,
+      otherCustomer: refused(404, 'GET', `/files/${ids.file}/variants/web`),
+    },
+    'HEAD /files/:id/variants/:name': {
+      url: `/files/${ids.file}/variants/web`,
+      otherCustomer: refused(404, 'HEAD', `/files/${ids.file}/variants/web`),
+    },
+    'POST /accounts/:id/statements': {
+      url: '/accounts/1/statements',
+      body: { month: MONTH },
+      otherCustomer: refused(404, 'POST', `/accounts/${ids.account}/statements`, { month: MONTH }),
+    },
+    'GET /jobs/:id': { url: `/jobs/${ids.job}`, otherCustomer: refused(404, 'GET', `/jobs/${ids.job}`) },
+    'GET /customers/:id/activity': { url: '/customers/1/activity', otherCustomer: refused(404, 'GET', '/customers/2/activity') },
+    'GET /queues': { url: '/queues', otherCustomer: refused(403, 'GET', '/queues') },
+    'GET /queues/:name/dead-letters': {
+      url: '/queues/image.variants/dead-letters',
+      otherCustomer: refused(403, 'GET', '/queues/image.variants/dead-letters'),
+    },
+    'POST /queues/:name/dead-letters/retry': {
+      url: '/queues/image.variants/dead-letters/retry',
+      body: {},
+      otherCustomer: refused(403, 'POST', '/queues/image.variants/dead-letters/retry', {}),
+    },
+    'DELETE /queues/:name/dead-letters': {
+      url: '/queues/image.variants/dead-letters',
+      otherCustomer: refused(403, 'DELETE', '/queues/image.variants/dead-letters'),
+    },
+    'GET /events': { url: '/events', otherCustomer: refused(403, 'GET', '/events') },
+    'GET /events/groups': { url: '/events/groups', otherCustomer: refused(403, 'GET', '/events/groups') },
+    'POST /events/replay': {
+      url: '/events/replay',
+      body: { group: 'audit' },
+      otherCustomer: refused(403, 'POST', '/events/replay', { group: 'audit' }),
     },
     'GET /openapi.json': {
       url: '/openapi.json',
@@ -236,6 +276,8 @@ for (const engine of ENGINES) {
     let extra: number;
     /** A file uploaded for customer 2 in setup. */
     let file2: number;
+    /** A statement job of customer 2's. */
+    let job2: string;
     /** The ids of customer 1's and customer 2's keys. */
     let key1: number;
     let key2: number;
@@ -254,7 +296,8 @@ for (const engine of ENGINES) {
       call(request.method, request.url, { ...request.headers, ...headers }, request.body);
 
     beforeAll(async () => {
-      t = await startTestApp(engine, 'api-authz');
+      // No background workers: the statement job of the setup stays queued, so customer 2's files stay as the cases left them.
+      t = await startTestApp(engine, 'api-authz', {}, undefined, { worker: false });
       const made1 = await t.app.deps.apiKeys.create('customer', 1);
       const made2 = await t.app.deps.apiKeys.create('customer', 2);
       [key1, key2] = [made1.id, made2.id];
@@ -269,8 +312,11 @@ for (const engine of ENGINES) {
       const uploaded = await call('POST', '/customers/2/files?filename=theirs.txt', { ...t.admin, 'content-type': 'text/plain' }, 'customer 2 only\n');
       expect(uploaded.statusCode).toBe(201);
       file2 = uploaded.json<{ file_id: number }>().file_id;
+      const statement = await call('POST', `/accounts/${extra}/statements`, t.admin, { month: MONTH });
+      expect(statement.statusCode).toBe(202);
+      job2 = statement.json<{ job_id: string }>().job_id;
       registered = await registeredRoutes(t);
-      const cases = casesFor({ account: extra, file: file2, apiKey: key2 });
+      const cases = casesFor({ account: extra, file: file2, apiKey: key2, job: job2 });
       PROTECTED = registered
         .filter((r) => !r.isPublic)
         .map((r) => caseOf(cases, r))
@@ -283,7 +329,7 @@ for (const engine of ENGINES) {
 
     describe('the route list', () => {
       it('every registered route has a case, and every case a route', () => {
-        const cases = casesFor({ account: extra, file: file2, apiKey: key2 });
+        const cases = casesFor({ account: extra, file: file2, apiKey: key2, job: job2 });
         const protectedRoutes = registered.filter((r) => !r.isPublic);
         const withoutCase = protectedRoutes.filter((r) => caseOf(cases, r) === null).map((r) => `${r.method} ${r.url}`);
         expect(withoutCase, 'routes without an authorization case: add one to casesFor').toEqual([]);

@@ -21,6 +21,17 @@ import { ENGINES } from '../support/engines.ts';
 type Headers = Record<string, string>;
 type Response = Awaited<ReturnType<TestApp['app']['http']['inject']>>;
 
+const PENDING_VARIANTS = ['web', 'mobile', 'thumbnail'].map((name) => ({
+  name,
+  status: 'pending',
+  content_type: 'image/webp',
+  width: null,
+  height: null,
+  size: null,
+}));
+/** An image gets three pending variants (no worker runs in this file to make them); other files none. */
+const variantsOf = (type: string) => (type.startsWith('image/') ? PENDING_VARIANTS : []);
+
 interface FileMeta {
   file_id: number;
   customer_id: number;
@@ -108,7 +119,7 @@ for (const engine of ENGINES) {
     let cust2: Headers;
 
     beforeAll(async () => {
-      t = await startTestApp(engine, `files-api-${engine}`);
+      t = await startTestApp(engine, `files-api-${engine}`, {}, undefined, { worker: false });
       cust1 = await customerKey(t, 1);
       cust2 = await customerKey(t, 2);
     });
@@ -162,7 +173,7 @@ for (const engine of ENGINES) {
         const res = await uploadRaw(1, COVER, 'cover.png');
         expect(res.statusCode, res.body).toBe(201);
         const body = res.json<FileMeta>();
-        expect(Object.keys(body).sort()).toEqual(['content_type', 'created_at', 'customer_id', 'file_id', 'filename', 'sha256', 'size']);
+        expect(Object.keys(body).sort()).toEqual(['content_type', 'created_at', 'customer_id', 'file_id', 'filename', 'sha256', 'size', 'variants']);
         expect(body).toEqual({
           file_id: expect.any(Number),
           customer_id: 1,
@@ -171,6 +182,7 @@ for (const engine of ENGINES) {
           size: COVER.length,
           sha256: sha256(COVER),
           created_at: expect.stringMatching(ISO),
+          variants: PENDING_VARIANTS,
         });
         expect(Number.isInteger(body.file_id) && body.file_id > 0).toBe(true);
         expect(Date.parse(body.created_at)).toBeGreaterThanOrEqual(before - 5_000);
@@ -194,6 +206,7 @@ for (const engine of ENGINES) {
           size: COVER.length,
           sha256: sha256(COVER),
           created_at: expect.stringMatching(ISO),
+          variants: PENDING_VARIANTS,
         });
         expect(res.headers.location).toBe(`/files/${body.file_id}`);
 
@@ -238,6 +251,7 @@ for (const engine of ENGINES) {
             size: sample.bytes.length,
             sha256: sha256(sample.bytes),
             created_at: expect.stringMatching(ISO),
+            variants: variantsOf(sample.type),
           });
           const id = res.json<FileMeta>().file_id;
           const content = await inject('GET', `/files/${id}/content`);

@@ -126,8 +126,18 @@ for (const engine of ENGINES) {
           (op.parameters ?? []).filter((p) => p.in === 'path').map((p) => ({ at: `${method} ${path}`, ...p })),
         ),
       );
+      // Job ids are UUIDs, variant and queue names words from a list: the rest are integer ids.
+      const others = idParameters.filter((p) => (p as { name?: string }).name !== 'id' || p.at.includes(' /jobs/'));
+      expect(others.map((p) => `${p.at} ${String((p as { name?: string }).name)}`).sort()).toEqual([
+        'delete /queues/{name}/dead-letters name',
+        'get /files/{id}/variants/{name} name',
+        'get /jobs/{id} id',
+        'get /queues/{name}/dead-letters name',
+        'post /queues/{name}/dead-letters/retry name',
+      ]);
+      expect((others.find((p) => p.at === 'get /jobs/{id}') as { schema?: unknown } | undefined)?.schema).toEqual({ type: 'string', format: 'uuid' });
       expect(idParameters.length).toBeGreaterThanOrEqual(10);
-      for (const parameter of idParameters) {
+      for (const parameter of idParameters.filter((p) => !others.includes(p))) {
         expect(parameter).toEqual({
           at: parameter.at,
           in: 'path',
@@ -161,6 +171,8 @@ const JSON_SCHEMA_KEYWORDS = new Set([
   'maximum',
   'minLength',
   'maxLength',
+  'minItems',
+  'maxItems',
   'description',
   'title',
   'format',

@@ -63,11 +63,12 @@ for (const engine of ENGINES) {
     });
 
     it('refuses a money event whose amount is not above 0, and leaves other events alone', async () => {
-      const event = (topic: string, payload: object) =>
-        sql`insert into outbox (topic, aggregate_id, payload) values (${topic}, '1', ${JSON.stringify(payload)}::jsonb)`.execute(
+      const event = (type: string, payload: object) =>
+        sql`insert into outbox (type, aggregate_id, payload) values (${type}, '1', ${JSON.stringify(payload)}::jsonb)`.execute(
           store.db,
         );
-      for (const topic of ['deposit.completed', 'withdrawal.completed', 'transfer.completed', 'fee.charged']) {
+      // The money events by their names since 0007.
+      for (const topic of ['money.deposited', 'money.withdrawn', 'transfer.completed', 'fee.charged']) {
         for (const payload of [{ amount: -500 }, { amount: 0 }, { amount: '5' }, {}]) {
           await expect(event(topic, payload), `${topic} ${JSON.stringify(payload)}`).rejects.toMatchObject({
             code: '23514',
@@ -76,7 +77,7 @@ for (const engine of ENGINES) {
         }
         await event(topic, { amount: 5 });
       }
-      await event('customer.created', { id: 1 });
+      await event('customer.registered', { id: 1 });
     });
 
     it('down restores the function of 0002 and drops the check; up brings both back', async () => {

@@ -5,7 +5,10 @@ import { createMigrator, migrationStatus, unwrap } from '../../src/stores/sql/mi
 import { MIGRATIONS } from '../../src/stores/sql/migrations/index.ts';
 import { createTestDatabase, ENGINES, type TestDatabase } from '../support/engines.ts';
 
-const TABLES = ['accounts', 'api_keys', 'customers', 'fee_charges', 'files', 'idempotency_keys', 'ledger_entries', 'ledger_transactions', 'outbox', 'system_accounts'];
+const TABLES = [
+  'accounts', 'api_keys', 'audit_events', 'customers', 'event_log', 'fee_charges', 'file_variants', 'files', 'idempotency_keys',
+  'jobs', 'ledger_entries', 'ledger_transactions', 'outbox', 'processed_messages', 'stream_groups', 'system_accounts',
+];
 
 async function tables(store: SqlStore): Promise<string[]> {
   const rows = await sql<{ table_name: string }>`

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIGRATIONS } from '../../src/stores/sql/migrations/index.ts';
 import { freePort, runCli, serve } from '../support/cli.ts';
 import { createTestDatabase, ENGINES, type TestDatabase } from '../support/engines.ts';
+import { until } from '../support/until.ts';
 
 const NAMES = Object.keys(MIGRATIONS);
 const NEWEST = NAMES[NAMES.length - 1] as string;
@@ -202,7 +203,16 @@ describe('databank CLI', () => {
     const s = await serve(env());
     try {
       // The cache commands ask the running server, so they work for the in-process cache too.
-      await fetch(`${s.base}/accounts/1`, { headers: { authorization: `Bearer ${readFileSync(join(dir, 'admin-key'), 'utf8').trim()}` } });
+      const admin = { authorization: `Bearer ${readFileSync(join(dir, 'admin-key'), 'utf8').trim()}` };
+      // The seed's events reach this process's cache group (which drops what they changed) once
+      // relayed; wait for that, then start from an empty cache.
+      await until(
+        async () => (await (await fetch(`${s.base}/events/groups`, { headers: admin })).json()) as { head: number; groups: Array<{ lag: number }> },
+        (g) => g.head > 0 && g.groups.length === 2 && g.groups.every((x) => x.lag === 0),
+        { what: 'the seed events relayed and consumed' },
+      );
+      expect(JSON.parse((await runCli(['cache', 'flush', '--json', '--url', s.base], env())).stdout)).toMatchObject({ deleted: expect.any(Number) });
+      await fetch(`${s.base}/accounts/1`, { headers: admin });
       const stats = JSON.parse((await runCli(['cache', 'stats', '--json', '--url', s.base], env())).stdout);
       expect(stats.cache).toMatchObject({ kind: 'memory', namespace: 'databank:v2:', entries: 2 });
       const flushed = JSON.parse((await runCli(['cache', 'flush', '--prefix', 'account:', '--json', '--url', s.base], env())).stdout);

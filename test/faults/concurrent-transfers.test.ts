@@ -63,7 +63,7 @@ describe.skipIf(!ENGINES.includes('postgres'))('concurrent transfers through the
       select count(*)::bigint as n from ledger_transactions where kind = 'transfer'`.execute(t.app.sql.db);
     expect(recorded.rows[0]?.n).toBe(completed);
     const events = await sql<{ n: number }>`
-      select count(*)::bigint as n from outbox where topic = 'transfer.completed'`.execute(t.app.sql.db);
+      select count(*)::bigint as n from outbox where type = 'transfer.completed'`.execute(t.app.sql.db);
     expect(events.rows[0]?.n).toBe(completed);
   });
 

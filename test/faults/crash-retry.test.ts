@@ -308,7 +308,7 @@ describe.each(ENGINES)('SIGKILL twice during a transfer load with retries, on %s
           const check = await checkLedger(store.db);
           expect(check).toMatchObject({ total, mismatched: [], negative: [], unbalanced: [], wrongCurrency: [] });
           const events = await sql<{ n: number }>`
-            select count(*)::int as n from outbox where topic = 'transfer.completed'`.execute(store.db);
+            select count(*)::int as n from outbox where type = 'transfer.completed'`.execute(store.db);
           expect(events.rows[0]?.n).toBe(done.length);
           // Each key's stored answer is the one its client was given.
           const stored = await store.db

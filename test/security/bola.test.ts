@@ -13,6 +13,7 @@ import {
   type RawAnswer,
 } from '../support/attack-server.ts';
 import { ENGINES } from '../support/engines.ts';
+import { until } from '../support/until.ts';
 
 /**
  * Broken object-level authorization, against a real `databank serve`: customer A's key aims every
@@ -33,8 +34,17 @@ const KIND_OF_SEGMENT: Readonly<Record<string, Kind>> = {
   accounts: 'account',
   files: 'file',
   'api-keys': 'apiKey',
+  jobs: 'job',
+  variants: 'variant',
+  queues: 'queue',
 };
-type Kind = 'customer' | 'account' | 'file' | 'apiKey';
+type Kind = 'customer' | 'account' | 'file' | 'apiKey' | 'job' | 'variant' | 'queue';
+
+/** A job id no job has; names (a variant, a queue) are the same for B and for a missing id. */
+const MISSING_JOB = '00000000-0000-7000-8000-000000000000';
+const missingId = (kind: Kind): number | string =>
+  kind === 'job' ? MISSING_JOB : kind === 'variant' ? 'web' : kind === 'queue' ? 'image.variants' : MISSING;
+const MONTH = new Date().toISOString().slice(0, 7);
 
 /** Bodies that would be valid for a caller allowed to use the route, so that only authorization refuses. */
 const REQUESTS: Readonly<Record<string, { query?: string; options?: Omit<CallOptions, 'key'> }>> = {
@@ -47,6 +57,7 @@ const REQUESTS: Readonly<Record<string, { query?: string; options?: Omit<CallOpt
   'POST /accounts/{id}/deposits': { options: { body: { amount: 1 } } },
   'POST /accounts/{id}/withdrawals': { options: { body: { amount: 1 } } },
   'POST /api-keys/{id}/rotate': {},
+  'POST /accounts/{id}/statements': { options: { body: { month: MONTH } } },
 };
 
 interface OpenApiOperation {
@@ -98,7 +109,7 @@ function requestFor(route: Route): { query: string; options: Omit<CallOptions, '
 }
 
 /** The path with every `{param}` replaced by the id of its kind that `ids` gives. */
-function fill(path: string, ids: (kind: Kind) => number): string {
+function fill(path: string, ids: (kind: Kind) => number | string): string {
   const segments = path.split('/');
   return segments
     .map((segment, i) => {
@@ -131,7 +142,7 @@ const B_FILE_TEXT = 'VICTIM SECRET 7f3a: account plans\n';
 interface Setup {
   bank: Bank;
   a: { id: number; key: string; keyId: number; account: number };
-  b: { id: number; key: string; keyId: number; usd: number; eur: number; usd2: number; file: number };
+  b: { id: number; key: string; keyId: number; usd: number; eur: number; usd2: number; file: number; job: string };
 }
 
 describe.each(ENGINES)('BOLA on databank serve (%s)', (engine) => {
@@ -185,10 +196,16 @@ describe.each(ENGINES)('BOLA on databank serve (%s)', (engine) => {
       headers: { 'content-type': 'text/plain' },
     });
     const file = expectOk<{ file_id: number }>(upload, 201).file_id;
+    // A job of B's, finished before the snapshot (its statement is one of B's files).
+    const asked = await bank.as(bKey.key).post(`/accounts/${bUsd}/statements`, { month: MONTH });
+    const job = expectOk<{ job_id: string }>(asked, 202).job_id;
+    await until(async () => json<{ state: string }>(await bank.as(bKey.key).get(`/jobs/${job}`)).state, (state) => state === 'completed', {
+      what: "B's statement job",
+    });
     s = {
       bank,
       a: { id: aId, key: aKey.key, keyId: aKey.id, account: aAccount },
-      b: { id: bId, key: bKey.key, keyId: bKey.id, usd: bUsd, eur: bEur, usd2: bUsd2, file },
+      b: { id: bId, key: bKey.key, keyId: bKey.id, usd: bUsd, eur: bEur, usd2: bUsd2, file, job },
     };
     before = await snapshot();
   });
@@ -197,8 +214,8 @@ describe.each(ENGINES)('BOLA on databank serve (%s)', (engine) => {
     if (server) expect(await server.close()).toBe(0);
   });
 
-  const idsOfB = (kind: Kind): number =>
-    ({ customer: s.b.id, account: s.b.usd, file: s.b.file, apiKey: s.b.keyId })[kind];
+  const idsOfB = (kind: Kind): number | string =>
+    ({ customer: s.b.id, account: s.b.usd, file: s.b.file, apiKey: s.b.keyId, job: s.b.job, variant: 'web', queue: 'image.variants' })[kind];
 
   /** What differs between the two answers, or null; and whether B's data shows in the first. */
   const difference = (victim: Answer, missing: Answer): string | null => {
@@ -258,7 +275,7 @@ describe.each(ENGINES)('BOLA on databank serve (%s)', (engine) => {
       for (const route of routes) {
         const { query, options } = requestFor(route);
         const victim = await asA.call(route.method, fill(route.path, idsOfB) + query, options);
-        const missing = await asA.call(route.method, fill(route.path, () => MISSING) + query, options);
+        const missing = await asA.call(route.method, fill(route.path, missingId) + query, options);
         const diff = difference(victim, missing);
         if (diff) differences.push(diff);
         if (leaks(victim)) leaked.push(`${victim.method} ${victim.path}: ${victim.text.slice(0, 300)}`);

@@ -13,6 +13,7 @@ interface State {
   account: number;
   file: number;
   apiKey: number;
+  job: string;
 }
 
 type Method = 'GET' | 'HEAD' | 'POST' | 'PATCH' | 'DELETE';
@@ -80,6 +81,13 @@ const WRITES: readonly RouteCase[] = [
     method: 'POST', route: '/api-keys', url: () => '/api-keys', status: 201, uses: 'write',
     payload: { role: 'admin', expires_at: '2999-01-01T00:00:00Z' }, learn: (s, b) => void (s.apiKey = b.id as number),
   },
+  // The job row commits with the request; the queue gets it later, from the dispatcher.
+  {
+    method: 'POST', route: '/accounts/:id/statements', url: (s) => `/accounts/${s.account}/statements`, status: 202, uses: 'write',
+    payload: { month: new Date().toISOString().slice(0, 7) }, learn: (s, b) => void (s.job = b.job_id as string),
+  },
+  // The projection's reset: the audit rows and their processed_messages, in one transaction.
+  { method: 'POST', route: '/events/replay', url: () => '/events/replay', status: 202, uses: 'write', payload: { group: 'audit' } },
   // Reads the old key, makes the new one and revokes the old one, all in one transaction.
   {
     method: 'POST', route: '/api-keys/:id/rotate', url: (s) => `/api-keys/${s.apiKey}/rotate`, status: 201, uses: 'write',
@@ -102,6 +110,15 @@ const GETS: readonly RouteCase[] = [
   get('/openapi.json', () => '/openapi.json', 'none'),
   get('/cache/stats', () => '/cache/stats', 'none'),
   get('/api-keys', () => '/api-keys'),
+  get('/jobs/:id', (s) => `/jobs/${s.job}`),
+  get('/customers/:id/activity', (s) => `/customers/${s.customer}/activity`),
+  // No worker runs here, so the text file has no variant: the 404 still reads the file on reader.
+  { ...get('/files/:id/variants/:name', (s) => `/files/${s.file}/variants/web`), status: 404 },
+  // The queue and the stream keep their own connections; the database handles see nothing.
+  get('/queues', () => '/queues', 'none'),
+  get('/queues/:name/dead-letters', () => '/queues/image.variants/dead-letters', 'none'),
+  get('/events', () => '/events', 'none'),
+  get('/events/groups', () => '/events/groups', 'none'),
 ];
 
 const CASES: readonly RouteCase[] = [
@@ -109,6 +126,11 @@ const CASES: readonly RouteCase[] = [
   // Every GET route answers HEAD too, through the same handler (or, for file content, its own).
   ...GETS.flatMap((c) => [c, { ...c, method: 'HEAD' as const }]),
   { method: 'POST', route: '/cache/flush', url: () => '/cache/flush', payload: {}, status: 200, uses: 'none' },
+  {
+    method: 'POST', route: '/queues/:name/dead-letters/retry', url: () => '/queues/image.variants/dead-letters/retry',
+    payload: {}, status: 200, uses: 'none',
+  },
+  { method: 'DELETE', route: '/queues/:name/dead-letters', url: () => '/queues/image.variants/dead-letters', status: 200, uses: 'none' },
   { method: 'DELETE', route: '/files/:id', url: (s) => `/files/${s.file}`, status: 204, uses: 'write' },
   { method: 'DELETE', route: '/api-keys/:id', url: (s) => `/api-keys/${s.apiKey}`, status: 204, uses: 'write' },
 ];
@@ -157,14 +179,21 @@ function readOnlyViolations(queries: readonly RecordedQuery[]): string[] {
 for (const engine of ENGINES) {
   describe(`database handles on ${engine}`, () => {
     const log = new QueryLog();
-    const state: State = { customer: 0, account: 0, file: 0, apiKey: 0 };
+    const state: State = { customer: 0, account: 0, file: 0, apiKey: 0, job: '' };
     let db: TestDatabase;
     let app: App;
     let admin: Record<string, string>;
 
     beforeAll(async () => {
       db = await createTestDatabase(engine, `db-handles-${engine}`);
-      app = await createApp(testConfig(db), { logger: pino({ level: 'silent' }), defaultMetrics: false, wrapDb: log.wrapDb });
+      // No background workers (as `serve --no-worker`): the relay, the job handlers and the audit
+      // consumer write outside any request, and would land in the requests' records.
+      app = await createApp(testConfig(db), {
+        logger: pino({ level: 'silent' }),
+        defaultMetrics: false,
+        wrapDb: log.wrapDb,
+        worker: false,
+      });
       admin = { authorization: `Bearer ${app.bootstrapped?.adminKey}` };
     });
     afterAll(async () => {

@@ -71,6 +71,7 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
     shutdownTimeoutMs: 25_000,
     limits: TEST_LIMITS,
     http: TEST_DEFAULTS.http,
+    broker: TEST_DEFAULTS.broker,
     ...overrides,
   };
 }

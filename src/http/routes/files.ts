@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import multipart from '@fastify/multipart';
 import { Type } from 'typebox';
 import { DatabankError } from '../../domain/errors.ts';
-import { ALLOWED_TYPES } from '../../domain/file-types.ts';
+import { STORED_TYPES } from '../../domain/file-types.ts';
 import { invisibleRule, withoutInvisible } from '../../domain/invisible-characters.ts';
 import { principalOf } from '../auth.ts';
 import type { HttpDeps } from '../deps.ts';
@@ -14,11 +14,27 @@ const FileMeta = Type.Object({
   file_id: Type.Integer(),
   customer_id: Type.Integer(),
   filename: Type.String(),
-  content_type: OneOf(ALLOWED_TYPES),
+  content_type: OneOf(STORED_TYPES),
   size: Type.Integer(),
   sha256: Type.String({ description: 'hex SHA-256 of the bytes; also the ETag of the content' }),
   created_at: Timestamp,
+  variants: Type.Immutable(Type.Array(
+    Type.Object({
+      name: OneOf(['web', 'mobile', 'thumbnail'] as const),
+      status: OneOf(['pending', 'ready', 'failed'] as const),
+      content_type: Type.String(),
+      width: Type.Union([Type.Integer(), Type.Null()]),
+      height: Type.Union([Type.Integer(), Type.Null()]),
+      size: Type.Union([Type.Integer(), Type.Null()]),
+    }),
+    { description: "an image's WebP copies (web ≤ 1280 px, mobile ≤ 640 px, thumbnail ≤ 160 px), made after the upload; [] for other files" },
+  )),
 });
+
+const VariantParams = Type.Object(
+  { id: IdParams.properties.id, name: OneOf(['web', 'mobile', 'thumbnail'] as const) },
+  { additionalProperties: false },
+);
 
 const UploadQuery = Type.Object(
   { filename: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'required for a raw body' })) },
@@ -26,7 +42,7 @@ const UploadQuery = Type.Object(
 );
 const ListQuery = Type.Object(
   {
-    content_type: Type.Optional(OneOf(ALLOWED_TYPES)),
+    content_type: Type.Optional(OneOf(STORED_TYPES)),
     limit: Type.Optional(Limit),
     cursor: Type.Optional(Cursor),
   },
@@ -137,6 +153,32 @@ export async function fileRoutes(app: TypedApp, deps: HttpDeps): Promise<void> {
   // GET and HEAD share the handler; HEAD is declared on its own so that it answers the GET's
   // Content-Length without reading the object.
   for (const method of ['GET', 'HEAD'] as const) {
+    app.route({
+      method,
+      url: '/files/:id/variants/:name',
+      exposeHeadRoute: false,
+      schema: {
+        tags: ['files'],
+        ...(method === 'HEAD' ? { hide: true } : {}),
+        description: "One of an image's WebP variants, served like the original; 404 until it is ready.",
+        params: VariantParams,
+        response: { ...COMMON_ERRORS, 416: ErrorBody },
+      },
+      handler: async (request, reply) => {
+        const variant = await deps.files.variant(principalOf(request), request.params.id, request.params.name);
+        const sent = await sendObject(request, reply, {
+          etag: variant.meta.sha256,
+          lastModified: variant.lastModified,
+          size: variant.meta.size,
+          contentType: variant.meta.content_type,
+          headers: { ...USER_CONTENT_HEADERS, 'content-disposition': attachment(variant.meta.filename) },
+          open: variant.open,
+        });
+        if (sent === GONE) throw new DatabankError('DATABANK_ERR_NOT_FOUND', 'the variant content is missing');
+        return reply;
+      },
+    });
+
     app.route({
       method,
       url: '/files/:id/content',

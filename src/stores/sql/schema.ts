@@ -12,6 +12,10 @@ export interface Database {
   api_keys: ApiKeysTable;
   outbox: OutboxTable;
   files: FilesTable;
+  processed_messages: ProcessedMessagesTable;
+  jobs: JobsTable;
+  file_variants: FileVariantsTable;
+  audit_events: AuditEventsTable;
 }
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
@@ -85,16 +89,72 @@ export interface ApiKeysTable {
 
 /**
  * Events written in the same transaction as the state change they describe (the transactional
- * outbox). Nothing reads them yet: the [async] issue's relay publishes them in order to the event
- * stream and sets `published_at` once the broker has acknowledged.
+ * outbox, 0007's shape: docs/events.md). The relay publishes them in commit order to the event
+ * stream and sets `published_at` once the stream has them.
  */
 export interface OutboxTable {
   id: Generated<number>;
-  topic: string;
+  /** A UUIDv7, unique across deployments: the stream's de-duplication id. */
+  event_id: Generated<string>;
+  type: string;
+  version: Generated<number>;
   aggregate_id: string;
+  /** The customers whose activity the event is part of. */
+  customer_ids: ColumnType<number[], number[] | undefined, number[]>;
   payload: unknown;
+  /** The event's `occurred_at`: its transaction's time. */
   created_at: Generated<Date>;
   published_at: Date | null;
+}
+
+/** What a consumer or job handler has applied, written with the side effect (0007). */
+export interface ProcessedMessagesTable {
+  consumer: string;
+  message_id: string;
+  processed_at: Generated<Date>;
+}
+
+export type JobKind = 'image.variants' | 'statement.monthly';
+export type JobState = 'queued' | 'running' | 'completed' | 'failed';
+
+/** Background jobs the API shows (0007); the queue carries their ids. */
+export interface JobsTable {
+  id: Generated<string>;
+  kind: JobKind;
+  customer_id: number;
+  state: Generated<JobState>;
+  attempts: Generated<number>;
+  payload: unknown;
+  result: unknown;
+  error: string | null;
+  created_at: Generated<Date>;
+  updated_at: Generated<Date>;
+  /** When the dispatcher handed the job to the queue; null: not yet. */
+  dispatched_at: Date | null;
+}
+
+export type VariantName = 'web' | 'mobile' | 'thumbnail';
+
+export interface FileVariantsTable {
+  file_id: number;
+  name: VariantName;
+  status: Generated<'pending' | 'ready' | 'failed'>;
+  content_type: Generated<string>;
+  width: number | null;
+  height: number | null;
+  size: number | null;
+  object_key: string | null;
+  sha256: string | null;
+  updated_at: Generated<Date>;
+}
+
+/** The audit projection: one row per customer and event (0007). */
+export interface AuditEventsTable {
+  customer_id: number;
+  event_id: string;
+  type: string;
+  occurred_at: ColumnType<Date, Date | string, Date | string>;
+  payload: unknown;
 }
 
 export interface FilesTable {

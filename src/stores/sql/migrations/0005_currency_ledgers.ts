@@ -87,7 +87,7 @@ export async function up(db: Kysely<unknown>): Promise<void> {
     $$`,
     `alter table idempotency_keys alter column locked_until set default now()`,
     'drop function databank_transfer(bigint, bigint, bigint, bigint, text, text)',
-    TRANSFER_FUNCTION,
+    TRANSFER_FUNCTION_0005,
   ]);
 }
 
@@ -120,7 +120,7 @@ export async function down(db: Kysely<unknown>): Promise<void> {
   ]);
 }
 
-const TRANSFER_FUNCTION = `create function databank_transfer(
+export const TRANSFER_FUNCTION_0005 = `create function databank_transfer(
       p_from bigint, p_to bigint, p_amount bigint, p_owner bigint, p_scope text, p_key text, p_hash text,
       p_max_balance bigint,
       out outcome text, out out_transfer_id bigint, out out_created_at text,

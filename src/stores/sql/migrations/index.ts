@@ -5,6 +5,9 @@ import * as m0003 from './0003_files.ts';
 import * as m0004 from './0004_amount_checks.ts';
 import * as m0005 from './0005_currency_ledgers.ts';
 import * as m0006 from './0006_api_key_lifecycle.ts';
+import * as m0007 from './0007_outbox_events.ts';
+import * as m0008 from './0008_event_log.ts';
+import * as m0009 from './0009_job_queue.ts';
 
 /**
  * Every migration, by name; names sort in the order they run. `databank migrate make NAME` adds
@@ -18,5 +21,8 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = {
   '0004_amount_checks': m0004,
   '0005_currency_ledgers': m0005,
   '0006_api_key_lifecycle': m0006,
+  '0007_outbox_events': m0007,
+  '0008_event_log': m0008,
+  '0009_job_queue': m0009,
   // databank:migrations (new migrations are added above this line)
 };
