@@ -3,8 +3,11 @@ import sharp from 'sharp';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WorkerHost } from '../../src/workers/host.ts';
+import type { Config } from '../../src/config.ts';
+import { JOB_KINDS } from '../../src/services/async-ops.ts';
 import { startTestApp, customerKey, type TestApp } from '../support/app.ts';
-import { ENGINES } from '../support/engines.ts';
+import { AMQP_UP, AMQP_URL, cleanBrokers, NATS_UP, NATS_URL } from '../support/brokers.ts';
+import { ENGINES, POSTGRES_UP, REQUIRE_SERVICES, type EngineName } from '../support/engines.ts';
 import { until } from '../support/until.ts';
 
 /** A 2000×1500 PNG with a pattern, so that its encodings are realistic. */
@@ -22,18 +25,45 @@ const silent = pino({ level: 'silent' });
  * The app runs with `worker: false` (as `serve --no-worker`) so that the tests see jobs waiting,
  * and start the background workers themselves when they want them to run.
  */
-for (const engine of ENGINES) {
-  describe(`background jobs and events on ${engine}`, () => {
+/** The default backends on each engine; RabbitMQ and NATS (on PostgreSQL when it answers) when their URLs answer. */
+const PREFIX = `test-async-${process.pid}`;
+const RUNS: Array<{ label: string; engine: EngineName; overrides: Partial<Config> }> = ENGINES.map((engine) => ({
+  label: `${engine}, pg-boss and the event log`,
+  engine,
+  overrides: {},
+}));
+if ((AMQP_UP && NATS_UP) || REQUIRE_SERVICES) {
+  const engine: EngineName = POSTGRES_UP ? 'postgres' : 'pglite';
+  RUNS.push({
+    label: `${engine}, RabbitMQ and NATS JetStream`,
+    engine,
+    overrides: {
+      broker: {
+        queue: { kind: 'rabbitmq', url: AMQP_URL ?? 'amqp://missing' },
+        stream: { kind: 'nats', url: NATS_URL ?? 'nats://missing' },
+        prefix: PREFIX,
+        jobConcurrency: 2,
+        jobMaxAttempts: 5,
+      },
+    },
+  });
+} else {
+  console.warn('async suite on RabbitMQ and NATS skipped: set AMQP_URL and NATS_URL to run it');
+}
+
+for (const { label, engine, overrides } of RUNS) {
+  describe(`background jobs and events (${label})`, () => {
     let t: TestApp;
     let workers: WorkerHost | null = null;
     let image: Buffer;
     beforeAll(async () => {
       image = await png();
-      t = await startTestApp(engine, `async-${engine}`, {}, silent, { worker: false });
+      t = await startTestApp(engine, `async-${label}`, overrides, silent, { worker: false });
     });
     afterAll(async () => {
       await workers?.stop();
       await t?.close();
+      if (overrides.broker) await cleanBrokers(PREFIX, JOB_KINDS);
     });
     /** Runs the shared workers (relay, dispatcher, job handlers, audit) as `databank worker` would. */
     const startWorkers = () => {
@@ -213,7 +243,7 @@ for (const engine of ENGINES) {
       const tr = await t.app.http.inject({ method: 'POST', url: '/transfers', headers: t.admin, payload: { from_account_id: acc, to_account_id: 1, amount: 200 } });
       expect(tr.statusCode).toBe(201);
       await t.app.http.inject({ method: 'POST', url: `/accounts/${acc}/withdrawals`, headers: t.admin, payload: { amount: 100 } });
-      const fee = await t.app.http.inject({ method: 'POST', url: '/fees', headers: t.admin, payload: { amount: 1, reference: `fee-${engine}` } });
+      const fee = await t.app.http.inject({ method: 'POST', url: '/fees', headers: t.admin, payload: { amount: 1, reference: `fee-async-${engine}${overrides.broker ? '-brokers' : ''}` } });
       expect(fee.statusCode).toBe(200);
       const file = (await upload(customer, Buffer.from('x\n'), 'a.txt')).json();
       await t.app.http.inject({ method: 'DELETE', url: `/files/${file.file_id}`, headers: t.admin });

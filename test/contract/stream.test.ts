@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
-import { connect, type NatsConnection } from 'nats';
+import { connect } from 'nats';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { openSqlStore, type SqlStore } from '../../src/stores/sql/index.ts';
 import { createMigrator, unwrap } from '../../src/stores/sql/migrator.ts';
 import { openEventStream, type Delivery, type EventStream, type StreamEvent, type Subscription } from '../../src/stores/stream/index.ts';
+import { NATS_UP, NATS_URL } from '../support/brokers.ts';
 import { createTestDatabase, DATABASE_URL, ENGINES, POSTGRES_UP, REQUIRE_SERVICES, type TestDatabase } from '../support/engines.ts';
 
 /**
@@ -12,22 +13,6 @@ import { createTestDatabase, DATABASE_URL, ENGINES, POSTGRES_UP, REQUIRE_SERVICE
  * DATABASE_URL answers (DATABANK_ENGINES narrows these two, as everywhere); NATS JetStream when
  * NATS_URL answers. With REQUIRE_SERVICES=1 an unreachable server fails the run instead of skipping.
  */
-const NATS_URL = process.env.NATS_URL || null;
-
-async function natsReachable(url: string): Promise<boolean> {
-  let nc: NatsConnection | undefined;
-  try {
-    nc = await connect({ servers: url, timeout: 3_000, reconnect: false });
-    await (await nc.jetstreamManager()).getAccountInfo();
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await nc?.close();
-  }
-}
-
-const NATS_UP: boolean = NATS_URL ? await natsReachable(NATS_URL) : false;
 const NEEDS_NATS = NATS_URL ? 'NATS_URL does not answer' : 'set NATS_URL (e.g. nats://127.0.0.1:4222, JetStream enabled) to run it';
 const WANTS_POSTGRES = !process.env.DATABANK_ENGINES || process.env.DATABANK_ENGINES.split(',').some((e) => e.trim() === 'postgres');
 const NEEDS_POSTGRES = !WANTS_POSTGRES
