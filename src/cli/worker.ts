@@ -3,7 +3,8 @@ import { configOrExit } from './context.ts';
 import { stopOnSignals } from './shutdown.ts';
 
 /**
- * `databank worker`: the background jobs without the HTTP API, until SIGTERM or SIGINT. Any number
+ * `databank worker`: the background work without the HTTP API (the schedules, the outbox relay, the
+ * job dispatcher and handlers, the audit consumer), until SIGTERM or SIGINT. Any number
  * of copies may run against one PostgreSQL server: each schedule runs in one of them at a time
  * (advisory lock). On the embedded engine the data directory belongs to one process, so there the
  * jobs run inside `databank serve` instead.

@@ -49,7 +49,10 @@ export function asyncMetrics(
   }
   const retries = new Counter({ name: 'databank_queue_retries_total', help: 'Job deliveries that failed and will be retried', labelNames: ['queue'], registers: [registry] });
   const jobs = new Counter({ name: 'databank_jobs_total', help: 'Finished job deliveries by outcome', labelNames: ['queue', 'outcome'], registers: [registry] });
-  for (const q of sources.queues) for (const outcome of ['completed', 'retried', 'failed']) jobs.inc({ queue: q, outcome }, 0);
+  for (const q of sources.queues) {
+    retries.inc({ queue: q }, 0);
+    for (const outcome of ['completed', 'retried', 'failed']) jobs.inc({ queue: q, outcome }, 0);
+  }
   const groups = async () => sources.stream.groups().catch(() => []);
   new Gauge({
     name: 'databank_stream_consumer_lag',

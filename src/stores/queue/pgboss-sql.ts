@@ -56,10 +56,10 @@ export interface BossDb {
 export function kyselyBossDb(db: Kysely<unknown>): BossDb {
   return {
     async executeSql(text, values = []) {
-      // pg's prepared statements turn undefined into null; PGlite's serializers do not.
-      const parameters = values.map((v) => (v === undefined ? null : v));
-      const statements = parameters.length === 0 ? splitStatements(text) : [text];
-      if (statements.length <= 1) return db.executeQuery(CompiledQuery.raw(text, parameters));
+      // Parameters mean one statement (PostgreSQL refuses them in a script); PGlite refuses a
+      // script even without them ("cannot insert multiple commands into a prepared statement").
+      const statements = values.length === 0 ? splitStatements(text) : [text];
+      if (statements.length <= 1) return db.executeQuery(CompiledQuery.raw(text, values));
       // A script runs as one transaction, as PostgreSQL runs a multi-statement simple query; its
       // own BEGIN/COMMIT give way to Kysely's, which rolls back (and frees a pooled connection's
       // session) when a statement fails. Inside a transaction already, it joins that one.

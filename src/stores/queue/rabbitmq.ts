@@ -102,12 +102,17 @@ class RabbitMqQueue implements JobQueue {
     const content = Buffer.from(JSON.stringify(payload ?? null));
     const properties = this.#properties(id, priority, { [ATTEMPT]: 1 });
     const deadline = Date.now() + this.#sendTimeoutMs;
+    const attempt = async () => {
+      const publish = await this.#link.publisher();
+      await this.#ensure(names);
+      const target = delayMs > 0 ? await this.#delayQueue(names, delayMs) : names.main;
+      await publish(target, content, properties);
+    };
     for (let wait = 50; ; wait = Math.min(wait * 2, 1_000)) {
       try {
-        const publish = await this.#link.publisher();
-        await this.#ensure(names);
-        const target = delayMs > 0 ? await this.#delayQueue(names, delayMs) : names.main;
-        await publish(target, content, properties);
+        // A broker that stops answering without closing the connection must not hold the caller
+        // past the deadline (the heartbeat notices a dead connection only after 20 s).
+        await withDeadline(attempt(), deadline - Date.now());
         return id;
       } catch (err) {
         if (err instanceof QueueUsageError) throw err;
@@ -394,6 +399,19 @@ class RabbitMqQueue implements JobQueue {
 
   #countActive(queue: string, delta: number): void {
     this.#active.set(queue, (this.#active.get(queue) ?? 0) + delta);
+  }
+}
+
+/** `promise`, or a rejection once `ms` have passed (the promise itself runs on). */
+async function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error('no answer from RabbitMQ')), Math.max(0, ms));
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
