@@ -70,7 +70,8 @@ export async function recordMovement(trx: Kysely<Database>, m: Movement): Promis
       insert into outbox (type, aggregate_id, customer_ids, payload)
       select ${m.type}, ev ->> 'aggregate_id',
         array(select jsonb_array_elements_text(ev -> 'customer_ids')::bigint),
-        (ev -> 'payload') || jsonb_build_object('transaction_id', t.id, 'created_at', t.created_at)
+        (ev -> 'payload') || jsonb_build_object('transaction_id', t.id,
+          'created_at', to_char(t.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))
       from t, jsonb_array_elements(${JSON.stringify(m.events)}::text::jsonb) with ordinality as x(ev, n)
       order by x.n
     )

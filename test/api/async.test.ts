@@ -258,6 +258,15 @@ for (const { label, engine, overrides } of RUNS) {
       expect(page.next_cursor).toBeNull();
       const transfer = page.result.find((e: { type: string }) => e.type === 'transfer.completed');
       expect(transfer.payload).toMatchObject({ from_account_id: acc, to_account_id: 1, amount: 200, currency: 'USD' });
+      const deposited = page.result.find((e: { type: string }) => e.type === 'money.deposited');
+      expect(deposited.payload).toEqual({
+        account_id: acc,
+        customer_id: customer,
+        amount: 500,
+        currency: 'USD',
+        transaction_id: expect.any(Number),
+        created_at: expect.stringMatching(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/),
+      });
       const charged = page.result.find((e: { type: string }) => e.type === 'fee.charged');
       expect(charged.payload).toMatchObject({ account_id: acc, customer_id: customer, amount: 1, currency: 'USD' });
       // The other side of the transfer sees it too; nobody sees another customer's activity.

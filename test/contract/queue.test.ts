@@ -35,6 +35,13 @@ async function amqpReachable(url: string): Promise<boolean> {
 
 const AMQP_UP: boolean = AMQP_URL ? await amqpReachable(AMQP_URL) : false;
 if (AMQP_URL && !AMQP_UP && REQUIRE_SERVICES) throw new Error('REQUIRE_SERVICES=1 but RabbitMQ at AMQP_URL does not answer');
+if (!AMQP_UP) {
+  console.warn(
+    AMQP_URL
+      ? 'RabbitMQ queue suites skipped: AMQP_URL does not answer'
+      : 'RabbitMQ queue suites skipped: set AMQP_URL (e.g. amqp://guest:guest@127.0.0.1:5672) to run them',
+  );
+}
 
 const FILE = basename(fileURLToPath(import.meta.url), '.test.ts');
 let tests = 0;
