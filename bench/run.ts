@@ -1,5 +1,6 @@
 // `npm run bench -- <name> [--json] [--warmup <s>] [--duration <s>]`: runs one benchmark, writes
 // bench/results/<name>.json and prints a table (or, with --json, the JSON on stdout).
+import { asyncFlows } from './async.ts';
 import { cache } from './cache.ts';
 import type { Benchmark, Timing } from './lib/benchmark.ts';
 import { cleanupAll } from './lib/cleanup.ts';
@@ -10,7 +11,7 @@ import { startup } from './startup.ts';
 import { staticFiles } from './static.ts';
 import { transfers } from './transfers.ts';
 
-const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles, startup];
+const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles, startup, asyncFlows];
 
 function usage(): string {
   return [
@@ -32,6 +33,8 @@ function usage(): string {
     '  REDIS_URL           Redis for the cache benchmark (default redis://127.0.0.1:6379)',
     '  REDIS_BENCHMARK     redis-benchmark binary (default /usr/bin/redis-benchmark)',
     '  NGINX               nginx binary for the static benchmark (default /usr/sbin/nginx)',
+    '  AMQP_URL            RabbitMQ for the async benchmark (default amqp://guest:guest@127.0.0.1:5672)',
+    '  NATS_URL            NATS with JetStream for the async benchmark (default nats://127.0.0.1:4222)',
     '',
     'Every run writes bench/results/<name>.json; progress goes to stderr.',
   ].join('\n');

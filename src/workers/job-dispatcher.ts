@@ -1,7 +1,8 @@
 import type { JobQueue } from '../stores/queue/port.ts';
 import { JOB_PRIORITY, type JobMessage, type JobsService } from '../services/jobs.ts';
 import type { ScheduleLock } from './schedule-lock.ts';
-import { sleep, type Worker } from './worker.ts';
+import { polling } from './polling.ts';
+import type { Worker } from './worker.ts';
 
 /**
  * Hands jobs written by requests to the queue: reads undispatched rows of the jobs table, sends
@@ -15,39 +16,20 @@ export function jobDispatcher(options: {
   readonly lock: ScheduleLock;
   readonly idleMs?: number;
 }): Worker {
-  const idleMs = options.idleMs ?? 100;
   const batch = 100;
-  let loop: Promise<void> | null = null;
-  return {
+  return polling({
     name: 'job-dispatcher',
-    start(signal, runs) {
-      loop = (async () => {
-        while (!signal.aborted) {
-          let sent = 0;
-          try {
-            await options.lock.tryRun('job-dispatcher', async () => {
-              const due = await options.jobs.undispatched(batch);
-              for (const job of due) {
-                const message: JobMessage = { job_id: job.id };
-                await options.queue.send(job.kind, message, { id: job.id, priority: JOB_PRIORITY[job.kind] });
-                await options.jobs.markDispatched([job.id]);
-                sent++;
-              }
-            });
-            if (sent > 0) runs.succeeded();
-          } catch (err) {
-            if (signal.aborted) break;
-            runs.failed(err);
-            await sleep(Math.max(idleMs, 1_000), signal);
-            continue;
-          }
-          if (sent < batch) await sleep(idleMs, signal);
-        }
-      })();
-      return loop;
+    lock: options.lock,
+    batch,
+    idleMs: options.idleMs ?? 100,
+    turn: async () => {
+      const due = await options.jobs.undispatched(batch);
+      for (const job of due) {
+        const message: JobMessage = { job_id: job.id };
+        await options.queue.send(job.kind, message, { id: job.id, priority: JOB_PRIORITY[job.kind] });
+        await options.jobs.markDispatched([job.id]);
+      }
+      return due.length;
     },
-    async stop() {
-      await loop;
-    },
-  };
+  });
 }

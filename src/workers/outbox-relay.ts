@@ -2,7 +2,8 @@ import { sql, type Kysely } from 'kysely';
 import type { Database } from '../stores/sql/schema.ts';
 import type { EventStream, StreamEvent } from '../stores/stream/port.ts';
 import type { ScheduleLock } from './schedule-lock.ts';
-import { sleep, type Worker } from './worker.ts';
+import { polling } from './polling.ts';
+import type { Worker } from './worker.ts';
 
 export interface RelayOptions {
   readonly db: Kysely<Database>;
@@ -25,38 +26,18 @@ export interface RelayOptions {
  * A publish that fails (the broker down) is a failed run: the host logs it and the loop tries again.
  */
 export function outboxRelay(options: RelayOptions): Worker {
-  const batchSize = options.batchSize ?? 500;
-  const idleMs = options.idleMs ?? 100;
-  let loop: Promise<void> | null = null;
-  return {
+  const batch = options.batchSize ?? 500;
+  return polling({
     name: 'outbox-relay',
-    start(signal, runs) {
-      loop = (async () => {
-        while (!signal.aborted) {
-          let published = 0;
-          try {
-            await options.lock.tryRun('outbox-relay', async () => {
-              published = await relayOnce(options.db, options.stream, batchSize);
-            });
-            if (published > 0) {
-              options.onPublished?.(published);
-              runs.succeeded();
-            }
-          } catch (err) {
-            if (signal.aborted) break;
-            runs.failed(err);
-            await sleep(Math.max(idleMs, 1_000), signal);
-            continue;
-          }
-          if (published < batchSize) await sleep(idleMs, signal);
-        }
-      })();
-      return loop;
+    lock: options.lock,
+    batch,
+    idleMs: options.idleMs ?? 100,
+    turn: async () => {
+      const published = await relayOnce(options.db, options.stream, batch);
+      if (published > 0) options.onPublished?.(published);
+      return published;
     },
-    async stop() {
-      await loop;
-    },
-  };
+  });
 }
 
 /** One batch: publish up to `limit` unsent events in id order, then mark them sent. Resolves with how many. */

@@ -37,22 +37,7 @@ export interface RunRecorder {
 /** A recorder that keeps nothing: for running a worker outside a host (scripts, tests). */
 export const NO_RECORDER: RunRecorder = Object.freeze({ succeeded: () => undefined, failed: () => undefined });
 
-/**
- * Resolves after `ms`, or as soon as `signal` aborts; never rejects, so a loop can sleep between
- * turns and check `signal.aborted` afterwards.
- */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
+export { sleep } from '../sleep.ts';
 
 /** Resolves when `signal` aborts (at once if it has). */
 export function aborted(signal: AbortSignal): Promise<void> {

@@ -12,6 +12,7 @@ import { openJobQueue } from '../../src/stores/queue/index.ts';
 import type { Job, JobHandler, JobQueue, QueueStats } from '../../src/stores/queue/port.ts';
 import { openSqlStore, type SqlStore } from '../../src/stores/sql/index.ts';
 import { createMigrator, unwrap } from '../../src/stores/sql/migrator.ts';
+import { AMQP_UP, AMQP_URL } from '../support/brokers.ts';
 import { createTestDatabase, ENGINES, POSTGRES_UP, REQUIRE_SERVICES, type EngineName, type TestDatabase } from '../support/engines.ts';
 
 /**
@@ -20,21 +21,6 @@ import { createTestDatabase, ENGINES, POSTGRES_UP, REQUIRE_SERVICES, type Engine
  * server fails the run instead of skipping. Every test has a prefix of its own (file name, pid,
  * counter), so parallel runs on one broker never meet, and deletes its RabbitMQ queues after.
  */
-const AMQP_URL = process.env.AMQP_URL || null;
-
-async function amqpReachable(url: string): Promise<boolean> {
-  try {
-    const connection = await amqpConnect(url, { timeout: 3_000 });
-    connection.on('error', () => undefined);
-    await connection.close();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const AMQP_UP: boolean = AMQP_URL ? await amqpReachable(AMQP_URL) : false;
-if (AMQP_URL && !AMQP_UP && REQUIRE_SERVICES) throw new Error('REQUIRE_SERVICES=1 but RabbitMQ at AMQP_URL does not answer');
 if (!AMQP_UP) {
   console.warn(
     AMQP_URL

@@ -33,6 +33,8 @@ const IMAGES = 6;
 const VARIANTS = ['web', 'mobile', 'thumbnail'] as const;
 /** Requests in flight at once while the jobs are asked for. */
 const CLIENTS = 8;
+/** Jobs completed before the kill, at least: the kill comes in the middle of the work, not at its start. */
+const MIN_DONE_BEFORE_KILL = 8;
 const SLOW = { timeout: 240_000 } as const;
 
 type Backend = { readonly name: 'pg-boss' | 'RabbitMQ'; readonly amqpUrl: string | null };
@@ -224,34 +226,43 @@ async function killAndRecover(backend: Backend, annotate: (message: string) => P
     // The jobs, asked for with the worker running; the kill waits until some are done, some are
     // in the worker's hands and some still wait.
     const wanted = months();
-    const asks: Array<() => Promise<{ kind: string; id: string; fileId?: number; account?: number; month?: string }>> = [
-      ...images.map((image, i) => async () => {
-        const { customer } = accounts[i % accounts.length] as { customer: number };
-        const file = await api.expectStatus(201, 'POST', `/customers/${customer}/files?filename=photo-${i}.png`, undefined, image);
-        return { kind: 'image.variants', id: '', fileId: file.file_id as number };
+    type Asked = { kind: string; id: string; fileId?: number };
+    const statementAsks = accounts.flatMap(({ account }) =>
+      wanted.map((month) => async (): Promise<Asked> => {
+        const asked = await api.expectStatus(202, 'POST', `/accounts/${account}/statements`, { month });
+        expect(asked.state).toBe('queued');
+        return { kind: 'statement.monthly', id: asked.job_id as string };
       }),
-      ...accounts.flatMap(({ account }) =>
-        wanted.map((month) => async () => {
-          const asked = await api.expectStatus(202, 'POST', `/accounts/${account}/statements`, { month });
-          expect(asked.state).toBe('queued');
-          return { kind: 'statement.monthly', id: asked.job_id as string, account, month };
-        }),
-      ),
-    ];
+    );
+    const imageAsks = images.map((image, i) => async (): Promise<Asked> => {
+      const { customer } = accounts[i % accounts.length] as { customer: number };
+      const file = await api.expectStatus(201, 'POST', `/customers/${customer}/files?filename=photo-${i}.png`, undefined, image);
+      return { kind: 'image.variants', id: '', fileId: file.file_id as number };
+    });
+    // The uploads spread among the statements, the last one after them: when everything has been
+    // asked for, an image job (the slow kind) has just been written and waits.
+    const imageAfter = new Map(imageAsks.map((ask, k) => [Math.round(((k + 1) * STATEMENT_JOBS) / IMAGES) - 1, ask]));
+    const asks = statementAsks.flatMap((ask, i) => [ask, ...(imageAfter.has(i) ? [imageAfter.get(i) as () => Promise<Asked>] : [])]);
+    expect(asks.length).toBe(STATEMENT_JOBS + IMAGES);
     const asking = pooled(asks, CLIENTS);
     let allAsked = false;
-    void asking.then(() => (allAsked = true)).catch(() => undefined);
+    let askFailed: unknown = null;
+    asking.then(
+      () => (allAsked = true),
+      (err: unknown) => (askFailed = err ?? new Error('a request failed')),
+    );
     const counts = async () => {
       const { rows } = await pool.query<{ state: string; n: number }>('select state, count(*)::int as n from jobs group by state');
       return Object.fromEntries(rows.map((r) => [r.state, r.n])) as Record<string, number>;
     };
-    let atKill: Record<string, number> = {};
+    let beforeKill: Record<string, number> = {};
     await waitFor(
       'some jobs are completed, some running in the worker and some still queued',
       async () => {
+        if (askFailed) throw askFailed;
         if (!first.running()) throw new Error(`the first worker exited on its own:\n${first.output()}`);
-        atKill = await counts();
-        return allAsked && (atKill.completed ?? 0) >= 1 && (atKill.running ?? 0) >= 1 && (atKill.queued ?? 0) >= 1;
+        beforeKill = await counts();
+        return allAsked && (beforeKill.completed ?? 0) >= MIN_DONE_BEFORE_KILL && (beforeKill.running ?? 0) >= 1 && (beforeKill.queued ?? 0) >= 1;
       },
       { timeoutMs: 90_000, everyMs: 10 },
     );
@@ -264,6 +275,7 @@ async function killAndRecover(backend: Backend, annotate: (message: string) => P
     const snapshot = (await pool.query<JobRow>('select * from jobs order by created_at, id')).rows;
     const runningAtKill = snapshot.filter((j) => j.state === 'running');
     const completedAtKill = new Set(snapshot.filter((j) => j.state === 'completed').map((j) => j.id));
+    const atKill = { completed: completedAtKill.size, running: runningAtKill.length, queued: snapshot.filter((j) => j.state === 'queued').length };
     expect(runningAtKill.length, 'jobs in the killed worker’s hands').toBeGreaterThanOrEqual(1);
     const bossActive =
       backend.name === 'pg-boss'
@@ -302,7 +314,7 @@ async function killAndRecover(backend: Backend, annotate: (message: string) => P
     expect(finalJobs.filter((j) => j.attempts < 1 || j.attempts > 2).map((j) => [j.id, j.attempts])).toEqual([]);
 
     // Exactly one statement file per statement job: its result names it, and nothing else is there.
-    const files = (await pool.query<{ id: number; customer_id: number; filename: string; object_key: string }>('select * from files order by id')).rows;
+    const files = (await pool.query<{ id: number; customer_id: number; filename: string; object_key: string }>('select id::int as id, customer_id::int as customer_id, filename, object_key from files order by id')).rows;
     const statementFiles = files.filter((f) => f.filename.startsWith('statement-'));
     expect(statementFiles.length).toBe(STATEMENT_JOBS);
     const byId = new Map(files.map((f) => [f.id, f]));
@@ -332,7 +344,7 @@ async function killAndRecover(backend: Backend, annotate: (message: string) => P
     const imageFileIds = asked.filter((a) => a.kind === 'image.variants').map((a) => a.fileId as number).sort((a, b) => a - b);
     const variants = (
       await pool.query<{ file_id: number; name: string; status: string; object_key: string | null }>(
-        'select file_id, name, status, object_key from file_variants order by file_id, name',
+        'select file_id::int as file_id, name, status, object_key from file_variants order by file_id, name',
       )
     ).rows;
     expect(variants.length).toBe(IMAGES * VARIANTS.length);
@@ -364,7 +376,7 @@ async function killAndRecover(backend: Backend, annotate: (message: string) => P
       return `${j.kind} ${j.id.slice(0, 8)} completed ${((done.updated_at.getTime() - killedAt) / 1000).toFixed(1)} s after the kill`;
     });
     const note =
-      `${backend.name}: killed with ${JSON.stringify(atKill)} (jobs table; ${runningAtKill.length} running: ` +
+      `${backend.name}: killed with ${JSON.stringify(atKill)} in the jobs table (${runningAtKill.length} running: ` +
       `${runningAtKill.filter((j) => j.kind === 'statement.monthly').length} statements, ${runningAtKill.filter((j) => j.kind === 'image.variants').length} images` +
       `${bossActive === null ? '' : `; pg-boss active ${bossActive}`}); ${pickups.join('; ')}; ` +
       `all ${finalJobs.length} completed ${((recoveredAt - killedAt) / 1000).toFixed(1)} s after the kill; ` +

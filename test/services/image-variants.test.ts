@@ -111,38 +111,15 @@ describe('makeVariants sizes', () => {
     expect(mobile).toBeGreaterThan(thumbnail ?? Infinity);
   });
 
-  it('a portrait 1500×2000 JPEG gives 960×1280, 480×640 and 120×160', async () => {
-    const input = await patterned(1500, 2000).jpeg({ quality: 90 }).toBuffer();
-    const variants = await makeVariants(input);
-    expect(sizes(variants)).toEqual([
-      [960, 1280],
-      [480, 640],
-      [120, 160],
-    ]);
-    await expectWellFormed(variants, { width: 1500, height: 2000 });
-  });
-
-  it('a 300×200 GIF is never enlarged: 300×200, 300×200, and a 160×107 thumbnail', async () => {
-    const input = await patterned(300, 200).gif().toBuffer();
-    const variants = await makeVariants(input);
-    // 200 × 160 / 300 = 106.67: sharp rounds the computed side to the nearest pixel, 107.
-    expect(sizes(variants)).toEqual([
-      [300, 200],
-      [300, 200],
-      [160, 107],
-    ]);
-    await expectWellFormed(variants, { width: 300, height: 200 });
-  });
-
-  it('a WebP input gives WebP variants', async () => {
-    const input = await patterned(800, 600).webp().toBuffer();
-    const variants = await makeVariants(input);
-    expect(sizes(variants)).toEqual([
-      [800, 600],
-      [640, 480],
-      [160, 120],
-    ]);
-    await expectWellFormed(variants, { width: 800, height: 600 });
+  // 200 × 160 / 300 = 106.67 for the GIF's thumbnail: sharp rounds the computed side to the nearest pixel, 107.
+  it.each([
+    { what: 'a portrait 1500×2000 JPEG', width: 1500, height: 2000, encode: (s: Sharp) => s.jpeg({ quality: 90 }), want: [[960, 1280], [480, 640], [120, 160]] },
+    { what: 'a 300×200 GIF, never enlarged', width: 300, height: 200, encode: (s: Sharp) => s.gif(), want: [[300, 200], [300, 200], [160, 107]] },
+    { what: 'an 800×600 WebP', width: 800, height: 600, encode: (s: Sharp) => s.webp(), want: [[800, 600], [640, 480], [160, 120]] },
+  ])('$what gives $want', async ({ width, height, encode, want }) => {
+    const variants = await makeVariants(await encode(patterned(width, height)).toBuffer());
+    expect(sizes(variants)).toEqual(want);
+    await expectWellFormed(variants, { width, height });
   });
 });
 

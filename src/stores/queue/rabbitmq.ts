@@ -23,7 +23,10 @@ export interface RabbitMqQueueOptions {
   readonly prefix: string;
   /** Connection and channel failures; the queue reconnects by itself. */
   readonly onError?: (err: Error) => void;
-  /** How long `send` keeps trying while the broker does not answer, then rejects. Default 15000. */
+  /**
+   * How long `send` keeps trying while the broker does not answer, then rejects. Default 15000.
+   * A send that timed out may still have been stored (its confirm was lost): at least once.
+   */
   readonly sendTimeoutMs?: number;
   /** Longest wait between a consumer's attempts to reconnect. Default 3000. */
   readonly reconnectMaxDelayMs?: number;
