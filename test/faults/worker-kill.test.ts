@@ -175,7 +175,9 @@ if (!POSTGRES_UP) {
     }
     for (const backend of BACKENDS) {
       it(title(backend), SLOW, async ({ annotate }) => {
-        if (backend.name === 'RabbitMQ' && !AMQP_UP) expect.fail(`REQUIRE_SERVICES=1 but RabbitMQ does not answer (AMQP_URL=${AMQP_URL ?? 'unset'})`);
+        if (backend.name === 'RabbitMQ' && !AMQP_UP) {
+          expect.fail(`REQUIRE_SERVICES=1 but RabbitMQ does not answer (AMQP_URL=${AMQP_URL ?? 'unset'})`);
+        }
         await killAndRecover(backend, annotate);
       });
     }
@@ -279,8 +281,8 @@ async function killAndRecover(backend: Backend, annotate: (message: string) => P
     expect(runningAtKill.length, 'jobs in the killed worker’s hands').toBeGreaterThanOrEqual(1);
     const bossActive =
       backend.name === 'pg-boss'
-        ? (await pool.query<{ n: number }>(`select count(*)::int as n from pgboss.job where name like $1 and state = 'active'`, [`${prefix}.%`])).rows[0]
-            ?.n
+        ? (await pool.query<{ n: number }>(`select count(*)::int as n from pgboss.job where name like $1 and state = 'active'`, [`${prefix}.%`]))
+            .rows[0]?.n
         : null;
 
     // A new worker takes over; every job completes.
@@ -309,12 +311,17 @@ async function killAndRecover(backend: Backend, annotate: (message: string) => P
     expect(new Set(statementJobs.map((j) => j.id))).toEqual(new Set(asked.filter((a) => a.kind === 'statement.monthly').map((a) => a.id)));
     // Deliveries: a job done before the kill once; a job the dead worker had started exactly twice.
     const attempts = new Map(finalJobs.map((j) => [j.id, j.attempts]));
-    expect(runningAtKill.map((j) => [j.id, attempts.get(j.id)]), 'a started job is delivered once more').toEqual(runningAtKill.map((j) => [j.id, 2]));
+    expect(
+      runningAtKill.map((j) => [j.id, attempts.get(j.id)]),
+      'a started job is delivered once more',
+    ).toEqual(runningAtKill.map((j) => [j.id, 2]));
     expect([...completedAtKill].map((id) => [id, attempts.get(id)])).toEqual([...completedAtKill].map((id) => [id, 1]));
     expect(finalJobs.filter((j) => j.attempts < 1 || j.attempts > 2).map((j) => [j.id, j.attempts])).toEqual([]);
 
     // Exactly one statement file per statement job: its result names it, and nothing else is there.
-    const files = (await pool.query<{ id: number; customer_id: number; filename: string; object_key: string }>('select id::int as id, customer_id::int as customer_id, filename, object_key from files order by id')).rows;
+    const files = (
+      await pool.query<{ id: number; filename: string; object_key: string }>('select id::int as id, filename, object_key from files order by id')
+    ).rows;
     const statementFiles = files.filter((f) => f.filename.startsWith('statement-'));
     expect(statementFiles.length).toBe(STATEMENT_JOBS);
     const byId = new Map(files.map((f) => [f.id, f]));
@@ -332,12 +339,14 @@ async function killAndRecover(backend: Backend, annotate: (message: string) => P
     expect(uploadedEvents, 'one file.uploaded event per statement').toBe(STATEMENT_JOBS);
 
     // One processed_messages row per job and consumer: each job's effect applied once.
-    const processed = (await pool.query<{ consumer: string; message_id: string }>(`select consumer, message_id from processed_messages where consumer <> 'audit'`))
-      .rows;
-    expect(processed.filter((p) => p.consumer === 'statement.monthly').length).toBe(STATEMENT_JOBS);
-    expect(processed.filter((p) => p.consumer === 'image.variants').length).toBe(IMAGES);
-    expect(new Set(processed.filter((p) => p.consumer === 'statement.monthly').map((p) => p.message_id))).toEqual(new Set(statementJobs.map((j) => j.id)));
-    expect(new Set(processed.filter((p) => p.consumer === 'image.variants').map((p) => p.message_id))).toEqual(new Set(imageJobs.map((j) => j.id)));
+    const processed = (
+      await pool.query<{ consumer: string; message_id: string }>(`select consumer, message_id from processed_messages where consumer <> 'audit'`)
+    ).rows;
+    const processedBy = (consumer: string) => processed.filter((p) => p.consumer === consumer).map((p) => p.message_id);
+    expect(processedBy('statement.monthly').length).toBe(STATEMENT_JOBS);
+    expect(processedBy('image.variants').length).toBe(IMAGES);
+    expect(new Set(processedBy('statement.monthly'))).toEqual(new Set(statementJobs.map((j) => j.id)));
+    expect(new Set(processedBy('image.variants'))).toEqual(new Set(imageJobs.map((j) => j.id)));
     expect(new Set(processed.map((p) => p.consumer))).toEqual(new Set(['statement.monthly', 'image.variants']));
 
     // Three ready variants per image, and in the store exactly those objects under variants/.
@@ -368,12 +377,18 @@ async function killAndRecover(backend: Backend, annotate: (message: string) => P
     const orphans = objects.filter((k) => !k.startsWith('variants/') && !rowKeys.has(k));
     expect(orphans.length).toBeLessThanOrEqual(runningAtKill.filter((j) => j.kind === 'statement.monthly').length);
 
+    // The API says the same of the jobs the dead worker had in hand.
+    for (const job of runningAtKill) {
+      const view = await api.expectStatus(200, 'GET', `/jobs/${job.id}`);
+      expect(view, job.id).toMatchObject({ job_id: job.id, kind: job.kind, state: 'completed', attempts: 2, error: null });
+    }
+
     await stop(second);
     await stop(server.proc);
 
     const pickups = runningAtKill.map((j) => {
       const done = finalJobs.find((f) => f.id === j.id) as JobRow;
-      return `${j.kind} ${j.id.slice(0, 8)} completed ${((done.updated_at.getTime() - killedAt) / 1000).toFixed(1)} s after the kill`;
+      return `${j.kind} …${j.id.slice(-6)} completed ${((done.updated_at.getTime() - killedAt) / 1000).toFixed(1)} s after the kill`;
     });
     const note =
       `${backend.name}: killed with ${JSON.stringify(atKill)} in the jobs table (${runningAtKill.length} running: ` +

@@ -28,6 +28,20 @@ export const HAVE_RABBITMQ_SERVER = existsSync(RABBITMQ_SERVER) && existsSync(ER
 
 /** How long a start may take: a RabbitMQ node's first boot takes ≈12 s on an idle 2-core machine. */
 const START_MS = 90_000;
+/** How long an orderly stop may take (a RabbitMQ node's takes ≈3 s) before the group is killed and the stop fails. */
+const STOP_MS = 60_000;
+
+/** Sends `signal` to the process group and waits for the leader's exit; past STOP_MS kills the group and throws. */
+async function stopGroup(proc: Spawned, signal: 'SIGTERM' | 'SIGKILL', what: string): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), STOP_MS)));
+  const outcome = await Promise.race([proc.kill(signal), late]);
+  clearTimeout(timer);
+  if (outcome === 'late') {
+    await proc.kill('SIGKILL');
+    throw new Error(`${what} did not exit within ${STOP_MS} ms of ${signal} and was killed:\n${proc.output()}`);
+  }
+}
 
 function tempDir(kind: string): string {
   const dir = mkdtempSync(join(tmpdir(), `databank-test-${kind}-`));
@@ -88,8 +102,8 @@ export class OwnNatsServer {
   async stop(signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> {
     const proc = this.proc;
     if (!proc) return;
-    await proc.kill(signal);
     this.proc = null;
+    await stopGroup(proc, signal, `nats-server on port ${this.port}`);
   }
 }
 
@@ -189,12 +203,7 @@ export class OwnRabbitNode {
   async stop(signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> {
     const proc = this.proc;
     if (!proc) return;
-    await proc.kill(signal);
     this.proc = null;
-  }
-
-  /** What the node printed so far, for failure messages. */
-  output(): string {
-    return this.proc?.output() ?? '';
+    await stopGroup(proc, signal, `RabbitMQ node ${this.nodeName}`);
   }
 }
