@@ -198,7 +198,7 @@ function parseBroker(env: Env, problems: string[]): BrokerSettings {
     queue: amqp ? { kind: 'rabbitmq', url: amqp } : { kind: 'postgres' },
     stream: nats ? { kind: 'nats', url: nats } : { kind: 'postgres' },
     prefix,
-    jobConcurrency: parseIntVar(env, 'DATABANK_JOB_CONCURRENCY', 2, 1, 256, problems),
+    jobConcurrency: parseIntVar(env, 'DATABANK_JOB_CONCURRENCY', 1, 1, 256, problems),
     jobMaxAttempts: parseIntVar(env, 'DATABANK_JOB_MAX_ATTEMPTS', 5, 1, 100, problems),
   };
 }

@@ -40,7 +40,7 @@ describe('config', () => {
         maxRequestsPerSocket: 1000,
         maxConnections: 4096,
       },
-      broker: { queue: { kind: 'postgres' }, stream: { kind: 'postgres' }, prefix: 'databank', jobConcurrency: 2, jobMaxAttempts: 5 },
+      broker: { queue: { kind: 'postgres' }, stream: { kind: 'postgres' }, prefix: 'databank', jobConcurrency: 1, jobMaxAttempts: 5 },
     });
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.sql)).toBe(true);

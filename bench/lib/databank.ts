@@ -12,7 +12,7 @@ import { BenchError } from './log.ts';
 export const DATABANK_DIR = resolve(process.env.BENCH_DATABANK_DIR || join(dirname(fileURLToPath(import.meta.url)), '../..'));
 
 /** Environment variables of the parent that must not leak into a child's configuration. */
-const CONFIG_VARS = ['DATABASE_URL', 'DATABASE_POOL_MAX', 'DATABASE_SSL_CA', 'PORT', 'HOST', 'LOG_LEVEL', 'MIGRATE_ON_BOOT', 'REDIS_URL'];
+const CONFIG_VARS = ['DATABASE_URL', 'DATABASE_POOL_MAX', 'DATABASE_SSL_CA', 'PORT', 'HOST', 'LOG_LEVEL', 'MIGRATE_ON_BOOT', 'REDIS_URL', 'AMQP_URL', 'NATS_URL'];
 
 /** The parent's environment minus databank's own settings, plus `extra`. */
 export function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {

@@ -30,19 +30,20 @@ export async function startServe(args: readonly string[], env: Record<string, st
   const dataDir = mkdtempSync(join(tmpdir(), 'databank-bench-'));
   const removeDir = onCleanup(async () => rmSync(dataDir, { recursive: true, force: true }));
   const port = await freePort();
-  const child = startChild('databank', process.execPath, ['bin/databank.js', 'serve', ...args], {
-    cwd: DATABANK_DIR,
-    env: childEnv({
-      MIGRATE_ON_BOOT: 'true',
-      DATABANK_DATA_DIR: dataDir,
-      DATABANK_DEMO_DATA: 'false',
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      LOG_LEVEL: 'warn',
-      DATABANK_RATE_LIMIT_PER_MINUTE: '10000000',
-      ...env,
-    }),
+  const childVars = childEnv({
+    MIGRATE_ON_BOOT: 'true',
+    DATABANK_DATA_DIR: dataDir,
+    DATABANK_DEMO_DATA: 'false',
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'warn',
+    DATABANK_RATE_LIMIT_PER_MINUTE: '10000000',
+    ...env,
   });
+  // The brokers the parent was pointed at are for its own series: this child keeps the embedded
+  // defaults (pg-boss and the log table in PGlite) unless `env` names them.
+  for (const name of ['AMQP_URL', 'NATS_URL']) if (!(name in env)) delete childVars[name];
+  const child = startChild('databank', process.execPath, ['bin/databank.js', 'serve', ...args], { cwd: DATABANK_DIR, env: childVars });
   const stopChild = async () => {
     await child.stop();
     await removeDir();

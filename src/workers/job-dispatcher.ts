@@ -24,10 +24,17 @@ export function jobDispatcher(options: {
     idleMs: options.idleMs ?? 100,
     turn: async () => {
       const due = await options.jobs.undispatched(batch);
-      for (const job of due) {
-        const message: JobMessage = { job_id: job.id };
-        await options.queue.send(job.kind, message, { id: job.id, priority: JOB_PRIORITY[job.kind] });
-        await options.jobs.markDispatched([job.id]);
+      const sent: string[] = [];
+      try {
+        // One at a time, in the order the jobs were written: FIFO within a priority holds.
+        for (const job of due) {
+          const message: JobMessage = { job_id: job.id };
+          await options.queue.send(job.kind, message, { id: job.id, priority: JOB_PRIORITY[job.kind] });
+          sent.push(job.id);
+        }
+      } finally {
+        // Marked in one statement, also when a send failed part-way: those sent stay sent.
+        await options.jobs.markDispatched(sent);
       }
       return due.length;
     },

@@ -215,7 +215,9 @@ class PgBossQueue implements JobQueue {
     try {
       while (!signal.aborted) {
         const free = prefetch - inHand.size;
-        if (free === 0) {
+        // Refilled once half the slots are free: each fetch sorts the queue's waiting jobs, so a
+        // fetch per finished job would cost more than the jobs themselves.
+        if (free < Math.ceil(prefetch / 2)) {
           await Promise.race([aborted, ...inHand.values()]);
           continue;
         }
@@ -463,6 +465,11 @@ function batched(run: (ids: string[]) => Promise<unknown>): (id: string) => Prom
   return (id) =>
     new Promise<void>((resolve, reject) => {
       waiting.push({ id, resolve, reject });
-      if (!running) void drain();
+      // Started on the next turn of the event loop, so that the jobs finishing in this one go
+      // in the same statement.
+      if (!running) {
+        running = true;
+        setImmediate(() => void drain());
+      }
     });
 }
