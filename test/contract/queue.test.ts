@@ -323,6 +323,36 @@ describe.each(TARGETS)('job queue contract: $title', (target) => {
     });
   });
 
+  test('two processes consuming one queue never run a job twice: each of 60 jobs once', async () => {
+    await withQueue(async (queue, prefix) => {
+      // A second instance on the same queue names stands for a second worker process.
+      const other = await backend.open(prefix);
+      try {
+        await queue.declare('jobs');
+        const ids: string[] = [];
+        for (let i = 0; i < 60; i++) ids.push(await queue.send('jobs', { i }));
+        const runs = new Map<string, number>();
+        let running = 0;
+        const all = deferred();
+        const handler: JobHandler = async (job) => {
+          runs.set(job.id, (runs.get(job.id) ?? 0) + 1);
+          running++;
+          await new Promise((resolve) => setImmediate(resolve));
+          running--;
+          if (runs.size === ids.length) all.resolve();
+        };
+        const consumers = [consumer(queue, 'jobs', handler, 4), consumer(other, 'jobs', handler, 4)];
+        await within(all.promise, 'every job');
+        await Promise.all(consumers.map((c) => c.stop()));
+        expect([...runs.keys()].sort()).toEqual([...ids].sort());
+        expect([...runs.values()].every((n) => n === 1)).toBe(true);
+        expect(running).toBe(0);
+      } finally {
+        await other.close();
+      }
+    });
+  });
+
   test('refuses bad names and options before sending anything', async () => {
     await withQueue(async (queue) => {
       await expect(queue.send('jobs', {}, { priority: 10 })).rejects.toThrow('priority must be an integer from 0 to 9, got 10');
