@@ -34,12 +34,16 @@ export interface DatabankOptions {
    * only on the first start, when it makes the key.
    */
   readonly adminKey?: string;
+  /** Arguments for `serve`, e.g. `--no-worker`. */
+  readonly args?: readonly string[];
 }
 
 export interface Databank {
   readonly child: Child;
   readonly port: number;
   readonly adminKey: string;
+  /** The child's own data dir (its PGlite database, files and admin key). */
+  readonly dataDir: string;
   /** Calls the API as admin and returns the parsed body; any non-2xx answer throws. */
   api<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T>;
   stop(): Promise<void>;
@@ -68,7 +72,7 @@ export async function startDatabank(options: DatabankOptions): Promise<Databank>
     DATABANK_RATE_LIMIT_PER_MINUTE: '10000000',
     ...options.env,
   });
-  const child = startChild('databank', process.execPath, ['bin/databank.js', 'serve'], { cwd: DATABANK_DIR, env });
+  const child = startChild('databank', process.execPath, ['bin/databank.js', 'serve', ...(options.args ?? [])], { cwd: DATABANK_DIR, env });
   const stop = async () => {
     await child.stop();
     await removeDir();
@@ -107,6 +111,7 @@ export async function startDatabank(options: DatabankOptions): Promise<Databank>
     child,
     port,
     adminKey,
+    dataDir,
     api,
     stop: async () => {
       agent.destroy();

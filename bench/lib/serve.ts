@@ -1,17 +1,12 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { freePort, startChild, waitForHttp, type Child } from './child.ts';
-import { onCleanup } from './cleanup.ts';
-import { childEnv, DATABANK_DIR } from './databank.ts';
-import { BenchError } from './log.ts';
+import type { Child } from './child.ts';
+import { startDatabank } from './databank.ts';
 
 /**
- * `node bin/databank.js serve <args>` on the embedded engine (PGlite, a fresh data dir), like
- * `startDatabank` but with arguments for `serve` (e.g. `--no-worker`), and with raw-body requests
- * as well as JSON ones: what the async benchmark's upload series need.
+ * `node bin/databank.js serve <args>` on the embedded engine (PGlite, a fresh data dir) through
+ * `startDatabank`, with timed raw-body uploads as well as JSON calls: what the async benchmark's
+ * upload series need.
  */
 
 export interface ServeChild {
@@ -27,45 +22,16 @@ export interface ServeChild {
 }
 
 export async function startServe(args: readonly string[], env: Record<string, string> = {}): Promise<ServeChild> {
-  const dataDir = mkdtempSync(join(tmpdir(), 'databank-bench-'));
-  const removeDir = onCleanup(async () => rmSync(dataDir, { recursive: true, force: true }));
-  const port = await freePort();
-  const childVars = childEnv({
-    MIGRATE_ON_BOOT: 'true',
-    DATABANK_DATA_DIR: dataDir,
-    DATABANK_DEMO_DATA: 'false',
-    PORT: String(port),
-    HOST: '127.0.0.1',
-    LOG_LEVEL: 'warn',
-    DATABANK_RATE_LIMIT_PER_MINUTE: '10000000',
-    ...env,
-  });
-  // The brokers the parent was pointed at are for its own series: this child keeps the embedded
-  // defaults (pg-boss and the log table in PGlite) unless `env` names them.
-  for (const name of ['AMQP_URL', 'NATS_URL']) if (!(name in env)) delete childVars[name];
-  const child = startChild('databank', process.execPath, ['bin/databank.js', 'serve', ...args], { cwd: DATABANK_DIR, env: childVars });
-  const stopChild = async () => {
-    await child.stop();
-    await removeDir();
-  };
-  let adminKey: string;
-  try {
-    await waitForHttp(child, port, '/readyz');
-    adminKey = readFileSync(join(dataDir, 'admin-key'), 'utf8').trim();
-  } catch (err) {
-    await stopChild();
-    throw err instanceof BenchError ? err : new BenchError(`databank did not start: ${String(err)}\n${child.output()}`);
-  }
+  // The brokers the parent was pointed at are for its own series: `childEnv` leaves them out, so
+  // this child keeps the embedded defaults (pg-boss and the log table in PGlite) unless `env` names them.
+  const bank = await startDatabank({ databaseUrl: null, poolMax: 10, env, args });
   // One socket: the uploads are sequential, and a kept-alive connection is what a client reuses.
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
-  const send = <T>(method: 'GET' | 'POST', path: string, payload: Buffer | undefined, contentType: string | undefined) =>
+  const postBytes = <T>(path: string, payload: Buffer, contentType: string) =>
     new Promise<{ status: number; body: T; ms: number }>((resolve, reject) => {
-      const headers = {
-        authorization: `Bearer ${adminKey}`,
-        ...(payload ? { 'content-type': contentType ?? 'application/octet-stream', 'content-length': payload.length } : {}),
-      };
+      const headers = { authorization: `Bearer ${bank.adminKey}`, 'content-type': contentType, 'content-length': payload.length };
       const started = performance.now();
-      const req = request({ host: '127.0.0.1', port, method, path, agent, headers }, (res) => {
+      const req = request({ host: '127.0.0.1', port: bank.port, method: 'POST', path, agent, headers }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
@@ -84,19 +50,15 @@ export async function startServe(args: readonly string[], env: Record<string, st
       req.end(payload);
     });
   return {
-    child,
-    port,
-    adminKey,
-    dataDir,
-    async api<T>(method: 'GET' | 'POST', path: string, body?: unknown) {
-      const r = await send<T>(method, path, body === undefined ? undefined : Buffer.from(JSON.stringify(body)), 'application/json');
-      if (r.status < 200 || r.status > 299) throw new BenchError(`${method} ${path} answered ${r.status}: ${JSON.stringify(r.body)}`);
-      return r.body;
-    },
-    postBytes: (path, bytes, contentType) => send('POST', path, bytes, contentType),
+    child: bank.child,
+    port: bank.port,
+    adminKey: bank.adminKey,
+    dataDir: bank.dataDir,
+    api: (method, path, body) => bank.api(method, path, body),
+    postBytes,
     async stop() {
       agent.destroy();
-      await stopChild();
+      await bank.stop();
     },
   };
 }
