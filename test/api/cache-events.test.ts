@@ -25,6 +25,13 @@ describe.skipIf(!POSTGRES_UP && !REQUIRE_SERVICES)(`cache invalidation across pr
     a = await createApp(testConfig(db), { logger, defaultMetrics: false });
     b = await createApp(testConfig(db), { logger, defaultMetrics: false, bootstrap: false, worker: false });
     admin = { authorization: `Bearer ${a.bootstrapped?.adminKey}` };
+    // The first start's own events (demo data) reach B's cache group after B started: let the
+    // relay publish them and every group consume them, so they cannot drop an entry mid-test.
+    const unpublished = async () =>
+      Number((await a.sql.db.selectFrom('outbox').select((eb) => eb.fn.countAll<number>().as('n')).where('published_at', 'is', null).executeTakeFirstOrThrow()).n);
+    await until(unpublished, (n) => n === 0, { what: 'the outbox drained' });
+    const groups = async () => (await a.http.inject({ method: 'GET', url: '/events/groups', headers: admin })).json() as { groups: Array<{ lag: number }> };
+    await until(groups, (g) => g.groups.length >= 3 && g.groups.every((x) => x.lag === 0), { what: 'every group caught up' });
   });
   afterAll(async () => {
     await b?.close();
