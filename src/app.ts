@@ -6,6 +6,10 @@ import type { DeploymentRecord } from './data-dir.ts';
 import { openDeploymentDatabase } from './database.ts';
 import { openBackground, type Background } from './background.ts';
 import type { HttpDeps } from './http/deps.ts';
+import { openBackups } from './services/backup/index.ts';
+import { BackupOps } from './services/backup/ops.ts';
+import { backupSchedules } from './workers/backup-schedule.ts';
+import { scheduleLock } from './workers/schedule-lock.ts';
 import { createMetrics } from './http/metrics.ts';
 import { buildServer } from './http/server.ts';
 import { AccountsService } from './services/accounts.ts';
@@ -115,6 +119,10 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     const handles: Db = { reader: sql.db, writer: sql.db };
     const db = options.wrapDb ? options.wrapDb(handles) : handles;
     const background = await openBackground({ config, sql, db, files, logger, closers, registry: metrics.registry });
+    const backupStores = await openBackups(config, sql, files);
+    closers.add('backup copy store', () => backupStores.close());
+    const backups = new BackupOps(backupStores.service, scheduleLock(sql), config.backup.maxAgeSeconds);
+    backups.registerMetrics(metrics.registry);
     const idempotency = new IdempotencyService(db);
     const apiKeys = new ApiKeysService(db, {
       cache,
@@ -148,6 +156,7 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       apiKeys,
       metrics,
       limits: config.limits,
+      backups,
       ready: () => sql.ping(2_000),
     };
     const bootstrapped =
@@ -163,10 +172,13 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       background: options.worker ?? true,
       // Every serving process keeps its in-process cache fresh from the stream; a shared cache
       // (Redis) is invalidated by the writer itself.
-      extra: background.workers({
-        shared: options.worker ?? true,
-        cache: config.cache.store.kind === 'memory' ? cache : undefined,
-      }),
+      extra: [
+        ...background.workers({
+          shared: options.worker ?? true,
+          cache: config.cache.store.kind === 'memory' ? cache : undefined,
+        }),
+        ...((options.worker ?? true) ? backupSchedules(backups, config.backup, scheduleLock(sql), logger) : []),
+      ],
     });
     closers.add('workers', () => workers.stop());
     const http = await buildServer(deps, { logger, http: config.http });

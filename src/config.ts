@@ -1,5 +1,6 @@
 import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { Cron } from 'croner';
 import { packagePath } from './paths.ts';
 
 /** How the app reaches PostgreSQL: the embedded engine, or a server through a pool. */
@@ -96,6 +97,22 @@ export interface BrokerSettings {
   readonly jobMaxAttempts: number;
 }
 
+/** Backups (the [backup] issue): the key, a second copy, the schedules and what is kept. */
+export interface BackupSettings {
+  /** `DATABANK_BACKUP_KEY_FILE`: 32 random bytes as base64; null: backups are refused. */
+  readonly keyFile: string | null;
+  /** `DATABANK_BACKUP_COPY_TO`: a directory, or `s3://bucket`, another bucket of the S3 service the file store uses. */
+  readonly copyTo: FilesConfig | null;
+  /** `DATABANK_BACKUP_SCHEDULE` (cron, UTC; `off`): when the worker takes a backup and prunes. */
+  readonly schedule: string | null;
+  /** `DATABANK_BACKUP_DRILL_SCHEDULE` (cron, UTC; `off`): when the worker runs a restore drill. */
+  readonly drillSchedule: string | null;
+  /** `DATABANK_BACKUP_KEEP_DAILY|WEEKLY|MONTHLY`: the newest backup of each of the last N days, weeks, months. */
+  readonly keep: { readonly daily: number; readonly weekly: number; readonly monthly: number };
+  /** `DATABANK_BACKUP_MAX_AGE_SECONDS`: `/readyz` reports (without failing) a newest backup older than this. */
+  readonly maxAgeSeconds: number;
+}
+
 export interface Config {
   readonly dataDir: string;
   readonly host: string;
@@ -113,6 +130,7 @@ export interface Config {
   readonly limits: LimitsSettings;
   readonly http: HttpSettings;
   readonly broker: BrokerSettings;
+  readonly backup: BackupSettings;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -156,6 +174,7 @@ export function loadConfig(env: Env = process.env): Config {
   const limits = parseLimits(env, problems);
   const http = parseHttp(env, problems);
   const broker = parseBroker(env, problems);
+  const backup = parseBackup(env, dataDir, files.store, problems);
   if (problems.length > 0 || sql === null) throw new ConfigError(problems);
   return deepFreeze({
     dataDir,
@@ -172,6 +191,7 @@ export function loadConfig(env: Env = process.env): Config {
     limits,
     http,
     broker,
+    backup,
   });
 }
 
@@ -200,6 +220,48 @@ function parseBroker(env: Env, problems: string[]): BrokerSettings {
     prefix,
     jobConcurrency: parseIntVar(env, 'DATABANK_JOB_CONCURRENCY', 1, 1, 256, problems),
     jobMaxAttempts: parseIntVar(env, 'DATABANK_JOB_MAX_ATTEMPTS', 5, 1, 100, problems),
+  };
+}
+
+function parseBackup(env: Env, dataDir: string, files: FilesConfig, problems: string[]): BackupSettings {
+  const cron = (name: string, dflt: string): string | null => {
+    const value = env[name] || dflt;
+    if (value === 'off') return null;
+    try {
+      new Cron(value, { paused: true, timezone: 'UTC' }).stop();
+    } catch (err) {
+      problems.push(`${name}: not a cron expression (${(err as Error).message}); "off" turns it off`);
+    }
+    return value;
+  };
+  let copyTo: BackupSettings['copyTo'] = null;
+  const target = env.DATABANK_BACKUP_COPY_TO;
+  if (target) {
+    const bucket = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])\/?$/.exec(target);
+    if (bucket) {
+      if (files.kind === 's3') copyTo = { ...files, bucket: bucket[1] as string };
+      else problems.push('DATABANK_BACKUP_COPY_TO: s3://bucket needs the file store on S3 (S3_BUCKET, S3_ENDPOINT): the copy goes to another bucket of that service');
+    } else if (target.includes('://')) problems.push('DATABANK_BACKUP_COPY_TO: a directory, or s3://bucket (on the S3 endpoint of S3_ENDPOINT)');
+    else {
+      const dir = resolve(target);
+      if (dir === resolve(dataDir) || dir.startsWith(`${resolve(dataDir)}/`)) {
+        problems.push('DATABANK_BACKUP_COPY_TO: must be outside the data dir (a second copy on the same disk as the first is not a second copy)');
+      }
+      copyTo = { kind: 'local', dir };
+    }
+  }
+  const keyFile = env.DATABANK_BACKUP_KEY_FILE ? resolve(env.DATABANK_BACKUP_KEY_FILE) : null;
+  return {
+    keyFile,
+    copyTo,
+    schedule: cron('DATABANK_BACKUP_SCHEDULE', '15 2 * * *'),
+    drillSchedule: cron('DATABANK_BACKUP_DRILL_SCHEDULE', '45 3 * * *'),
+    keep: {
+      daily: parseIntVar(env, 'DATABANK_BACKUP_KEEP_DAILY', 7, 0, 3650, problems),
+      weekly: parseIntVar(env, 'DATABANK_BACKUP_KEEP_WEEKLY', 4, 0, 520, problems),
+      monthly: parseIntVar(env, 'DATABANK_BACKUP_KEEP_MONTHLY', 12, 0, 1200, problems),
+    },
+    maxAgeSeconds: parseIntVar(env, 'DATABANK_BACKUP_MAX_AGE_SECONDS', 26 * 3600, 60, 365 * 86_400, problems),
   };
 }
 
@@ -405,4 +467,33 @@ function deepFreeze<T>(value: T): T {
     Object.freeze(value);
   }
   return value;
+}
+
+/**
+ * The environment a child tool (pg_dump, pg_restore) runs with: this process's, with `extra`
+ * on top (an undefined value removes the variable). The one place outside `loadConfig` that
+ * reads the environment, so that tools find PATH, HOME and the locale as the user set them.
+ */
+export function childEnv(extra: Readonly<Record<string, string | undefined>>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const [name, value] of Object.entries(extra)) {
+    if (value === undefined) delete env[name];
+    else env[name] = value;
+  }
+  return env;
+}
+
+/** The SQL config of another database (a restore's target), read with this process's TLS variables. */
+export function sqlConfigFor(databaseUrl: string): SqlConfig {
+  return loadConfig({ ...process.env, DATABASE_URL: databaseUrl }).sql;
+}
+
+/** The S3 service's address and credentials as the AWS variables give them (pgBackRest needs them spelled out). */
+export function s3FromEnv(): { endpoint: string; region: string; key: string; secret: string } {
+  return {
+    endpoint: process.env.S3_ENDPOINT ?? '',
+    region: process.env.S3_REGION || process.env.AWS_REGION || 'us-east-1',
+    key: process.env.AWS_ACCESS_KEY_ID ?? '',
+    secret: process.env.AWS_SECRET_ACCESS_KEY ?? '',
+  };
 }

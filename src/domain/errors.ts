@@ -28,6 +28,11 @@ export const ERRORS = {
     message: 'The movement would take the account past the largest balance allowed',
   },
   DATABANK_ERR_QUOTA_EXCEEDED: { status: 409, message: 'The customer has reached a quota' },
+  DATABANK_ERR_BACKUP_NOT_CONFIGURED: {
+    status: 409,
+    message: 'Backups need a key: start the server with DATABANK_BACKUP_KEY_FILE set (databank backup keygen FILE makes one)',
+  },
+  DATABANK_ERR_BACKUP_RUNNING: { status: 409, message: 'A backup is already running in this deployment; try again when it is done' },
   DATABANK_ERR_IDEMPOTENCY_IN_FLIGHT: {
     status: 409,
     message: 'A request with this Idempotency-Key is still being processed',

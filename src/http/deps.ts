@@ -1,3 +1,4 @@
+import type { BackupOps } from '../services/backup/ops.ts';
 import type { AccountsService } from '../services/accounts.ts';
 import type { ApiKeysService } from '../services/api-keys.ts';
 import type { CustomersService } from '../services/customers.ts';
@@ -36,6 +37,8 @@ export interface HttpDeps {
   readonly site: Site | null;
   /** Balance, quota and rate limits. */
   readonly limits: LimitsSettings;
+  /** Backups: create and list for admins, and what `/readyz` reports of their age. */
+  readonly backups: BackupOps;
   /** Resolves when the database answers. */
   readonly ready: () => Promise<void>;
 }

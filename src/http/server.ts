@@ -19,6 +19,7 @@ import { fileRoutes } from './routes/files.ts';
 import { healthRoutes } from './routes/health.ts';
 import { apiKeyRoutes } from './routes/api-keys.ts';
 import { asyncAdminRoutes } from './routes/async-admin.ts';
+import { backupRoutes } from './routes/backups.ts';
 import { jobRoutes } from './routes/jobs.ts';
 import { moneyRoutes } from './routes/money.ts';
 import { registerRateLimits } from './rate-limit.ts';
@@ -110,7 +111,7 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
   });
   if (deps.site) registerSite(app, deps.site);
   else app.setNotFoundHandler(routeNotFound);
-  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes, apiKeyRoutes, jobRoutes, asyncAdminRoutes]) {
+  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes, apiKeyRoutes, jobRoutes, asyncAdminRoutes, backupRoutes]) {
     await app.register(async (scope) => routes(scope.withTypeProvider<TypeBoxTypeProvider>(), deps));
   }
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

@@ -12,6 +12,7 @@ import type { JobsService } from './jobs.ts';
 import { appendEvents } from './outbox.ts';
 import { decodeCursor, toPage } from './paging.ts';
 import { inTransaction, read } from './transaction.ts';
+import { backupHeld } from './backup/hold.ts';
 
 /** A customer file as the API shows it. */
 export interface FileMeta {
@@ -64,6 +65,7 @@ export interface SweepReport {
 }
 
 const PREFIX = 'files/';
+const VARIANTS_PREFIX = 'variants/';
 /** Printable text without path separators: the name is shown and sent back, never used as a path. */
 // eslint-disable-next-line no-control-regex -- refusing control characters is the point
 const FILENAME = /^[^\u0000-\u001f\u007f/\\]{1,255}$/u;
@@ -333,6 +335,8 @@ export class FilesService {
     });
     if (!deleted) throw new DatabankError('DATABANK_ERR_NOT_FOUND');
     const keys = [deleted.object_key, ...(IMAGE_TYPES.has(row.content_type) ? VARIANT_ORDER.map((n) => variantKey(row.id, n)) : [])];
+    // A running backup may still copy these objects: the sweeper removes them after it.
+    if (await backupHeld(this.db.writer)) return;
     for (const key of keys) await this.store.delete(key).catch((err: unknown) => this.onOrphan(key, err));
   }
 
@@ -349,6 +353,8 @@ export class FilesService {
     const orphanObjects: string[] = [];
     const cutoff = Date.now() - options.graceMs;
     let objectsSeen = 0;
+    // While a backup copies objects, none is removed (the next sweep will).
+    const held = await backupHeld(this.db.writer);
     for await (const object of this.store.list(PREFIX)) {
       objectsSeen++;
       options.onProgress?.(objectsSeen);
@@ -361,7 +367,18 @@ export class FilesService {
       const row = await this.db.writer.selectFrom('files').select('id').where('object_key', '=', object.key).executeTakeFirst();
       if (row) continue;
       orphanObjects.push(object.key);
-      if (!options.dryRun) await this.store.delete(object.key);
+      if (!options.dryRun && !held) await this.store.delete(object.key);
+    }
+    // Variants of files that are gone (a delete during a backup leaves them here).
+    for await (const object of this.store.list(VARIANTS_PREFIX)) {
+      objectsSeen++;
+      options.onProgress?.(objectsSeen);
+      const fileId = Number(object.key.split('/')[1]);
+      if (object.lastModified.getTime() > cutoff || !Number.isSafeInteger(fileId)) continue;
+      const row = await this.db.writer.selectFrom('files').select('id').where('id', '=', fileId).executeTakeFirst();
+      if (row) continue;
+      orphanObjects.push(object.key);
+      if (!options.dryRun && !held) await this.store.delete(object.key);
     }
     const missingObjects = rows
       .filter((r) => !seen.has(r.object_key))

@@ -7,6 +7,7 @@ import { VARIANT_ORDER, variantKey } from './files.ts';
 import type { JobsService } from './jobs.ts';
 import { firstDeliveries } from './processed-messages.ts';
 import { inTransaction } from './transaction.ts';
+import { backupHeld } from './backup/hold.ts';
 
 /** Larger originals are not read into memory for variants; their variants are marked failed. */
 export const MAX_VARIANT_SOURCE_BYTES = 64 * 1024 * 1024;
@@ -113,6 +114,8 @@ export class VariantJob {
   }
 
   private async removeCopies(fileId: number): Promise<void> {
+    // A running backup may still copy them: the file is gone, so the sweeper removes them after it.
+    if (await backupHeld(this.db.writer)) return;
     for (const name of VARIANT_ORDER) await this.store.delete(variantKey(fileId, name));
   }
 }

@@ -72,6 +72,7 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
     limits: TEST_LIMITS,
     http: TEST_DEFAULTS.http,
     broker: TEST_DEFAULTS.broker,
+    backup: TEST_DEFAULTS.backup,
     ...overrides,
   };
 }

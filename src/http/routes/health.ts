@@ -14,7 +14,9 @@ export async function healthRoutes(app: TypedApp, deps: HttpDeps): Promise<void>
     } catch (err) {
       throw new DatabankError('DATABANK_ERR_UNAVAILABLE', undefined, { cause: err });
     }
-    return { status: 'ready' };
+    // A stale backup is reported, never a reason to take the instance out of service.
+    const backup = await deps.backups.readiness();
+    return backup ? { status: 'ready', backup } : { status: 'ready' };
   });
 
   app.get('/metrics', { schema: { hide: true } }, async (request, reply) => {

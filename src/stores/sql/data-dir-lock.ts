@@ -6,8 +6,11 @@ import { join } from 'node:path';
  * corrupt it. A lock file holding the owner's pid keeps a second process out, and is taken over
  * when its owner no longer runs (a crash or kill -9 leaves it behind).
  */
+/** The lock's file in the engine's directory; a copy of a locked directory carries it (a restore removes it). */
+export const LOCK_FILE = 'databank.lock';
+
 export function lockDataDir(dataDir: string): () => void {
-  const file = join(dataDir, 'databank.lock');
+  const file = join(dataDir, LOCK_FILE);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fd = openSync(file, 'wx', 0o600);

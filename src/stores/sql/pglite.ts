@@ -72,6 +72,9 @@ export async function openPglite(dataDir: string | null, options: PgliteOptions 
       await withTimeout(sql`select 1`.execute(db), timeoutMs);
     },
     poolStats: () => ({ total: 1, idle: 1, waiting: 0 }),
+    async copyDataDir() {
+      return new Uint8Array(await (await pg.dumpDataDir('none')).arrayBuffer());
+    },
     async close() {
       try {
         await db.destroy();

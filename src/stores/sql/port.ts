@@ -30,6 +30,12 @@ export interface SqlStore {
   /** Resolves when the database answers a trivial query; rejects otherwise. */
   ping(timeoutMs: number): Promise<void>;
   poolStats(): PoolStats;
+  /**
+   * The embedded engine's own dump: a tar of its data directory as it is between two statements
+   * (a backup calls it while its transaction holds the one connection, so nothing writes meanwhile;
+   * a restore replays the WAL in it). Absent on a server, which `pg_dump` backs up.
+   */
+  readonly copyDataDir?: () => Promise<Uint8Array>;
   close(): Promise<void>;
 }
 

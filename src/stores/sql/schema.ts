@@ -16,6 +16,7 @@ export interface Database {
   jobs: JobsTable;
   file_variants: FileVariantsTable;
   audit_events: AuditEventsTable;
+  backup_holds: BackupHoldsTable;
 }
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
@@ -166,4 +167,11 @@ export interface FilesTable {
   sha256: string;
   object_key: string;
   created_at: Generated<Date>;
+}
+
+/** A running backup's hold on object deletions (migration 0010). */
+export interface BackupHoldsTable {
+  backup_id: string;
+  started_at: Generated<Date>;
+  expires_at: Date;
 }

@@ -8,6 +8,7 @@ import * as m0006 from './0006_api_key_lifecycle.ts';
 import * as m0007 from './0007_outbox_events.ts';
 import * as m0008 from './0008_event_log.ts';
 import * as m0009 from './0009_job_queue.ts';
+import * as m0010 from './0010_backup_holds.ts';
 
 /**
  * Every migration, by name; names sort in the order they run. `databank migrate make NAME` adds
@@ -24,5 +25,6 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = {
   '0007_outbox_events': m0007,
   '0008_event_log': m0008,
   '0009_job_queue': m0009,
+  '0010_backup_holds': m0010,
   // databank:migrations (new migrations are added above this line)
 };
