@@ -159,6 +159,8 @@ function casesFor(ids: Ids): Record<string, Omit<RouteCase, 'route' | 'method'>>
     'GET /jobs/:id': { url: `/jobs/${ids.job}`, otherCustomer: refused(404, 'GET', `/jobs/${ids.job}`) },
     'GET /customers/:id/activity': { url: '/customers/1/activity', otherCustomer: refused(404, 'GET', '/customers/2/activity') },
     'GET /queues': { url: '/queues', otherCustomer: refused(403, 'GET', '/queues') },
+    'POST /backups': { url: '/backups', otherCustomer: refused(403, 'POST', '/backups') },
+    'GET /backups': { url: '/backups', otherCustomer: refused(403, 'GET', '/backups') },
     'GET /queues/:name/dead-letters': {
       url: '/queues/image.variants/dead-letters',
       otherCustomer: refused(403, 'GET', '/queues/image.variants/dead-letters'),

@@ -116,6 +116,10 @@ const GETS: readonly RouteCase[] = [
   { ...get('/files/:id/variants/:name', (s) => `/files/${s.file}/variants/web`), status: 404 },
   // The queue and the stream keep their own connections; the database handles see nothing.
   get('/queues', () => '/queues', 'none'),
+  // No backup key in these apps: refused before anything is read. (A backup reads in a snapshot
+  // transaction of its own on the primary, and the manifests live in the file store.)
+  { ...get('/backups', () => '/backups', 'none'), status: 409 },
+  { method: 'POST', route: '/backups', url: () => '/backups', status: 409, uses: 'none' },
   get('/queues/:name/dead-letters', () => '/queues/image.variants/dead-letters', 'none'),
   get('/events', () => '/events', 'none'),
   get('/events/groups', () => '/events/groups', 'none'),

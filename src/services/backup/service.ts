@@ -495,6 +495,8 @@ export class BackupService {
         add('manifest', true, `signed with key ${located.manifest.key_id}, found in ${located.where}`);
       } catch (err) {
         add('manifest', false, (err as Error).message);
+        // Name the backup the drill tried, even though its manifest did not verify.
+        backupId ??= (await this.newestManifest().catch(() => null))?.backup_id ?? null;
         return this.report(false, backupId, 0, null, checks);
       }
       const { manifest, store } = located;
