@@ -1,4 +1,4 @@
-import { accessSync, chmodSync, chownSync, constants, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -15,7 +15,8 @@ import {
 } from '../../src/services/backup/pitr.ts';
 import type { CommandRunner, PitrSetupOptions } from '../../src/services/backup/pitr.ts';
 import { freePort } from '../support/cli.ts';
-import { adoptGroup, killGroup, runProcess, waitFor } from '../support/processes.ts';
+import { AS_ROOT, initCluster, missingClusterTools, PG_IDS, startCluster, stopCluster } from '../support/pg-cluster.ts';
+import { waitFor } from '../support/processes.ts';
 
 /**
  * Point-in-time recovery end to end: a throwaway PostgreSQL 15 cluster archives WAL into an
@@ -24,119 +25,10 @@ import { adoptGroup, killGroup, runProcess, waitFor } from '../support/processes
  * transfers committed before T with the money intact. The machine's own cluster is never touched.
  */
 
-const PG_BIN = '/usr/lib/postgresql/15/bin';
-const RUNUSER = '/usr/sbin/runuser';
-const REQUIRE_SERVICES = process.env.REQUIRE_SERVICES === '1';
-/** PostgreSQL and pgBackRest refuse to run as root; as root they run as the `postgres` OS user. */
-const AS_ROOT = process.getuid?.() === 0;
+/** pgBackRest refuses to run as root too; as root it runs as the `postgres` OS user. */
 const AS_USER = AS_ROOT ? 'postgres' : undefined;
 
-function isExecutable(path: string): boolean {
-  try {
-    accessSync(path, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function postgresIds(): { uid: number; gid: number } | null {
-  try {
-    const passwd = readFileSync('/etc/passwd', 'utf8');
-    const line = passwd.split('\n').find((l) => l.startsWith('postgres:'));
-    const fields = line?.split(':');
-    if (!fields || fields[2] === undefined || fields[3] === undefined) return null;
-    return { uid: Number(fields[2]), gid: Number(fields[3]) };
-  } catch {
-    return null;
-  }
-}
-
-const PG_IDS = AS_ROOT ? postgresIds() : null;
-
-const missing: string[] = [];
-for (const tool of ['initdb', 'pg_ctl', 'pg_isready', 'postgres']) {
-  if (!isExecutable(join(PG_BIN, tool))) missing.push(join(PG_BIN, tool));
-}
-if (!isExecutable(PGBACKREST)) missing.push(`${PGBACKREST} (Debian package pgbackrest)`);
-if (AS_ROOT && !isExecutable(RUNUSER)) missing.push(RUNUSER);
-if (AS_ROOT && !PG_IDS) missing.push('the "postgres" OS user');
-
-if (missing.length > 0) {
-  if (REQUIRE_SERVICES) {
-    throw new Error(`REQUIRE_SERVICES=1 but the pgBackRest PITR suite lacks: ${missing.join(', ')}`);
-  }
-  console.warn(`pgBackRest PITR suite skipped: missing ${missing.join(', ')}`);
-}
-
-/** Runs a PostgreSQL server tool, as the postgres OS user when we are root. */
-async function pgTool(tool: string, args: readonly string[], cwd: string): Promise<string> {
-  const path = join(PG_BIN, tool);
-  const [file, argv] = AS_ROOT ? [RUNUSER, ['-u', 'postgres', '--', path, ...args]] : [path, [...args]];
-  const { stdout } = await runProcess(file, argv, { cwd, timeoutMs: 60_000, check: true, what: tool });
-  return stdout;
-}
-
-/** The postmaster's pid, from the pid file it writes first thing and removes last; null without one. */
-function postmasterPid(dataDir: string): number | null {
-  try {
-    const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-    return Number.isInteger(pid) && pid > 0 ? pid : null;
-  } catch {
-    return null;
-  }
-}
-
-function readLog(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return '(no server log)';
-  }
-}
-
-/**
- * Starts a cluster and waits until it answers on `port`; its postmaster's group is killed when the
- * file ends even if afterAll cannot stop it. `-p` overrides the port a restored copy inherits.
- */
-async function startCluster(cwd: string, dataDir: string, logFile: string, port: number): Promise<void> {
-  try {
-    await pgTool('pg_ctl', ['-D', dataDir, '-l', logFile, '-o', `-p ${port}`, '-w', '-t', '60', 'start'], cwd);
-  } catch (err) {
-    throw new Error(`pg_ctl start failed (${String(err)}):\n${readLog(logFile)}`);
-  }
-  const pid = postmasterPid(dataDir);
-  if (pid !== null) adoptGroup(pid, 'file');
-  await waitFor(
-    `PostgreSQL in ${dataDir} answers on port ${port}`,
-    async () => {
-      const { code } = await runProcess(join(PG_BIN, 'pg_isready'), ['-h', '127.0.0.1', '-p', String(port), '-t', '2'], {
-        timeoutMs: 5_000,
-      });
-      if (code !== 0 && !existsSync(join(dataDir, 'postmaster.pid'))) {
-        throw new Error(`PostgreSQL in ${dataDir} stopped while starting:\n${readLog(logFile)}`);
-      }
-      return code === 0;
-    },
-    { timeoutMs: 30_000, everyMs: 100 },
-  );
-}
-
-/**
- * Stops a cluster; if pg_ctl cannot, kills its postmaster's process group (pg_ctl makes the
- * postmaster the leader of a group of its own, which its backends share).
- */
-async function stopCluster(cwd: string, dataDir: string, mode: 'fast' | 'immediate' = 'immediate'): Promise<void> {
-  if (!existsSync(join(dataDir, 'postmaster.pid'))) return;
-  try {
-    await pgTool('pg_ctl', ['-D', dataDir, '-m', mode, '-w', '-t', '20', 'stop'], cwd);
-    return;
-  } catch (err) {
-    console.warn(`pg_ctl stop failed: ${String(err)}`);
-  }
-  const pid = postmasterPid(dataDir);
-  if (pid !== null) killGroup(pid);
-}
+const missing = missingClusterTools('pgBackRest PITR suite', [{ path: PGBACKREST, hint: 'Debian package pgbackrest' }]);
 
 /** Opens a connection with session time zone UTC, runs `body`, and always closes it. */
 async function withClient<T>(port: number, body: (client: pg.Client) => Promise<T>): Promise<T> {
@@ -206,23 +98,7 @@ describe.skipIf(missing.length > 0)('point-in-time recovery with pgBackRest (thr
     dataDir = join(dir, 'data');
     restoredDir = join(dir, 'restored');
 
-    await pgTool(
-      'initdb',
-      ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--no-sync', '--encoding=UTF8', '--locale=C', '--no-instructions'],
-      dir,
-    );
-    port = await freePort();
-    const conf = join(dataDir, 'postgresql.conf');
-    writeFileSync(
-      conf,
-      `${readFileSync(conf, 'utf8')}\n# databank PITR test\n${[
-        `listen_addresses = '127.0.0.1'`,
-        `port = ${port}`,
-        `unix_socket_directories = '${dir}'`,
-        'max_connections = 20',
-        'max_wal_size = 64MB',
-      ].join('\n')}\n`,
-    );
+    port = await initCluster(dir, dataDir, 'PITR test', ['max_connections = 20', 'max_wal_size = 64MB']);
 
     options = {
       stanza: 'bank',

@@ -1,4 +1,4 @@
-import { accessSync, chmodSync, chownSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sql } from 'kysely';
@@ -8,8 +8,9 @@ import type { Config } from '../../src/config.ts';
 import { openSqlStore } from '../../src/stores/sql/index.ts';
 import type { SqlStore } from '../../src/stores/sql/index.ts';
 import { DatabaseConnectError } from '../../src/stores/sql/postgres.ts';
-import { freePort } from '../support/cli.ts';
-import { adoptGroup, killGroup, runProcess } from '../support/processes.ts';
+import { initCluster, missingClusterTools, PG_IDS, startCluster, stopCluster } from '../support/pg-cluster.ts';
+import type { ClusterTimeouts } from '../support/pg-cluster.ts';
+import { runProcess } from '../support/processes.ts';
 
 /**
  * End to end TLS against a real PostgreSQL 15 server: a throwaway cluster with a certificate from a
@@ -17,58 +18,11 @@ import { adoptGroup, killGroup, runProcess } from '../support/processes.ts';
  * service does it. The machine's own cluster (port 5432) is never touched.
  */
 
-const PG_BIN = '/usr/lib/postgresql/15/bin';
 const OPENSSL = '/usr/bin/openssl';
-const RUNUSER = '/usr/sbin/runuser';
-const REQUIRE_SERVICES = process.env.REQUIRE_SERVICES === '1';
-/** PostgreSQL refuses to run as root; as root the server tools run as the `postgres` OS user. */
-const AS_ROOT = process.getuid?.() === 0;
+/** Tighter than the defaults: a fresh cluster starts quickly. */
+const TIMEOUTS: ClusterTimeouts = { toolMs: 30_000, readyMs: 20_000 };
 
-function isExecutable(path: string): boolean {
-  try {
-    accessSync(path, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function postgresIds(): { uid: number; gid: number } | null {
-  try {
-    const passwd = readFileSync('/etc/passwd', 'utf8');
-    const line = passwd.split('\n').find((l) => l.startsWith('postgres:'));
-    const fields = line?.split(':');
-    if (!fields || fields[2] === undefined || fields[3] === undefined) return null;
-    return { uid: Number(fields[2]), gid: Number(fields[3]) };
-  } catch {
-    return null;
-  }
-}
-
-const PG_IDS = AS_ROOT ? postgresIds() : null;
-
-const missing: string[] = [];
-for (const tool of ['initdb', 'pg_ctl', 'pg_isready', 'postgres']) {
-  if (!isExecutable(join(PG_BIN, tool))) missing.push(join(PG_BIN, tool));
-}
-if (!isExecutable(OPENSSL)) missing.push(OPENSSL);
-if (AS_ROOT && !isExecutable(RUNUSER)) missing.push(RUNUSER);
-if (AS_ROOT && !PG_IDS) missing.push('the "postgres" OS user');
-
-if (missing.length > 0) {
-  if (REQUIRE_SERVICES) {
-    throw new Error(`REQUIRE_SERVICES=1 but the PostgreSQL TLS suite lacks: ${missing.join(', ')}`);
-  }
-  console.warn(`PostgreSQL TLS suite skipped: missing ${missing.join(', ')}`);
-}
-
-/** Runs a PostgreSQL server tool, as the postgres OS user when we are root. */
-async function pgTool(tool: string, args: readonly string[], cwd: string): Promise<string> {
-  const path = join(PG_BIN, tool);
-  const [file, argv] = AS_ROOT ? [RUNUSER, ['-u', 'postgres', '--', path, ...args]] : [path, [...args]];
-  const { stdout } = await runProcess(file, argv, { cwd, timeoutMs: 30_000, check: true, what: tool });
-  return stdout;
-}
+const missing = missingClusterTools('PostgreSQL TLS suite', [{ path: OPENSSL }]);
 
 async function openssl(args: readonly string[], cwd: string): Promise<void> {
   await runProcess(OPENSSL, args, { cwd, timeoutMs: 30_000, check: true, what: `openssl ${args[0] ?? ''}` });
@@ -136,41 +90,6 @@ async function makeServerCert(dir: string, ca: string): Promise<{ cert: string; 
   return { cert: join(dir, 'server.crt'), key: join(dir, 'server.key') };
 }
 
-/** The postmaster's pid, from the pid file it writes first thing and removes last; null without one. */
-function postmasterPid(dataDir: string): number | null {
-  try {
-    const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-    return Number.isInteger(pid) && pid > 0 ? pid : null;
-  } catch {
-    return null;
-  }
-}
-
-/**
- * Stops the throwaway cluster; if pg_ctl cannot, kills its postmaster's process group (pg_ctl
- * makes the postmaster the leader of a group of its own, which its backends share).
- */
-async function stopCluster(cwd: string, dataDir: string): Promise<void> {
-  // The postmaster writes its pid file first thing and removes it last: no file, no server.
-  if (!existsSync(join(dataDir, 'postmaster.pid'))) return;
-  try {
-    await pgTool('pg_ctl', ['-D', dataDir, '-m', 'immediate', '-w', '-t', '20', 'stop'], cwd);
-    return;
-  } catch (err) {
-    console.warn(`pg_ctl stop failed: ${String(err)}`);
-  }
-  const pid = postmasterPid(dataDir);
-  if (pid !== null) killGroup(pid);
-}
-
-function readLog(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return '(no server log)';
-  }
-}
-
 describe.skipIf(missing.length > 0)('PostgreSQL over TLS (throwaway cluster)', () => {
   let root: string | null = null;
   let dataDir = '';
@@ -197,26 +116,20 @@ describe.skipIf(missing.length > 0)('PostgreSQL over TLS (throwaway cluster)', (
       chownSync(server.cert, PG_IDS.uid, PG_IDS.gid);
     }
 
-    await pgTool(
-      'initdb',
-      ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--no-sync', '--encoding=UTF8', '--locale=C', '--no-instructions'],
+    port = await initCluster(
       dir,
-    );
-    port = await freePort();
-    const conf = join(dataDir, 'postgresql.conf');
-    writeFileSync(
-      conf,
-      `${readFileSync(conf, 'utf8')}\n# databank TLS test\n${[
-        `listen_addresses = '127.0.0.1'`,
-        `port = ${port}`,
-        `unix_socket_directories = '${dir}'`,
+      dataDir,
+      'TLS test',
+      [
         'ssl = on',
         `ssl_cert_file = '${server.cert}'`,
         `ssl_key_file = '${server.key}'`,
         'fsync = off',
         'max_connections = 20',
-      ].join('\n')}\n`,
+      ],
+      TIMEOUTS,
     );
+    const conf = join(dataDir, 'postgresql.conf');
     // TCP only over TLS; the unix socket stays for the tools.
     writeFileSync(
       join(dataDir, 'pg_hba.conf'),
@@ -229,37 +142,12 @@ describe.skipIf(missing.length > 0)('PostgreSQL over TLS (throwaway cluster)', (
 
     // Marked started before the call: if pg_ctl fails or times out, afterAll still stops whatever runs.
     started = true;
-    try {
-      await pgTool('pg_ctl', ['-D', dataDir, '-l', logFile, '-w', '-t', '30', 'start'], dir);
-    } catch (err) {
-      throw new Error(`pg_ctl start failed (${String(err)}):\n${readLog(logFile)}`);
-    }
-    // The cluster goes when the file ends or the test process exits, even if afterAll cannot run.
-    const pid = postmasterPid(dataDir);
-    if (pid !== null) adoptGroup(pid, 'file');
-
-    // Readiness of the TCP listener: pg_isready, bounded; a dead postmaster ends the wait early.
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      try {
-        await runProcess(join(PG_BIN, 'pg_isready'), ['-h', '127.0.0.1', '-p', String(port), '-t', '2'], {
-          timeoutMs: 5_000,
-          check: true,
-        });
-        break;
-      } catch {
-        const postmasterGone = !existsSync(join(dataDir, 'postmaster.pid')) && /FATAL|PANIC/.test(readLog(logFile));
-        if (postmasterGone || Date.now() > deadline) {
-          throw new Error(`throwaway PostgreSQL on port ${port} did not start:\n${readLog(logFile)}`);
-        }
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-    }
+    await startCluster(dir, dataDir, logFile, port, TIMEOUTS);
   }, 60_000);
 
   afterAll(async () => {
     try {
-      if (started && root) await stopCluster(root, dataDir);
+      if (started && root) await stopCluster(root, dataDir, 'immediate', TIMEOUTS);
     } finally {
       if (root) rmSync(root, { recursive: true, force: true });
     }
