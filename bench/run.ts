@@ -1,6 +1,7 @@
 // `npm run bench -- <name> [--json] [--warmup <s>] [--duration <s>]`: runs one benchmark, writes
 // bench/results/<name>.json and prints a table (or, with --json, the JSON on stdout).
 import { asyncFlows } from './async.ts';
+import { backup } from './backup.ts';
 import { cache } from './cache.ts';
 import type { Benchmark, Timing } from './lib/benchmark.ts';
 import { cleanupAll } from './lib/cleanup.ts';
@@ -11,7 +12,7 @@ import { startup } from './startup.ts';
 import { staticFiles } from './static.ts';
 import { transfers } from './transfers.ts';
 
-const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles, startup, asyncFlows];
+const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles, startup, asyncFlows, backup];
 
 function usage(): string {
   return [
@@ -35,6 +36,7 @@ function usage(): string {
     '  NGINX               nginx binary for the static benchmark (default /usr/sbin/nginx)',
     '  AMQP_URL            RabbitMQ for the async benchmark (default amqp://guest:guest@127.0.0.1:5672)',
     '  NATS_URL            NATS with JetStream for the async benchmark (default nats://127.0.0.1:4222)',
+    '  BENCH_BACKUP_MB     database size for the backup benchmark, in MB (default 1024)',
     '',
     'Every run writes bench/results/<name>.json; progress goes to stderr.',
   ].join('\n');
