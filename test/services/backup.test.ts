@@ -96,8 +96,8 @@ describe.each(ENGINES)('backups on %s', (engine: EngineName) => {
         if (res.statusCode === 201) outcomes[phase]++;
       }
     };
-    const clients = Array.from({ length: 6 }, (_, n) => client(n));
-    await until(async () => outcomes.before, (n) => n >= 20, { what: 'transfers under way' });
+    const clients = Array.from({ length: 4 }, (_, n) => client(n));
+    await until(async () => outcomes.before, (n) => n >= 10, { what: "transfers under way" });
     phase = 'during';
     const taken = await service.create();
     const movedDuring = outcomes.during;
