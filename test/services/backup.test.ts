@@ -97,7 +97,7 @@ describe.each(ENGINES)('backups on %s', (engine: EngineName) => {
       }
     };
     const clients = Array.from({ length: 4 }, (_, n) => client(n));
-    await until(async () => outcomes.before, (n) => n >= 10, { what: "transfers under way" });
+    await until(async () => outcomes.before, (n) => n >= 10, { what: 'transfers under way' });
     phase = 'during';
     const taken = await service.create();
     const movedDuring = outcomes.during;
