@@ -41,6 +41,14 @@ describe('config', () => {
         maxConnections: 4096,
       },
       broker: { queue: { kind: 'postgres' }, stream: { kind: 'postgres' }, prefix: 'databank', jobConcurrency: 1, jobMaxAttempts: 5 },
+      backup: {
+        keyFile: null,
+        copyTo: null,
+        schedule: '15 2 * * *',
+        drillSchedule: '45 3 * * *',
+        keep: { daily: 7, weekly: 4, monthly: 12 },
+        maxAgeSeconds: 93_600,
+      },
     });
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.sql)).toBe(true);

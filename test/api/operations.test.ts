@@ -85,6 +85,7 @@ for (const engine of ENGINES) {
         '/api-keys',
         '/api-keys/{id}',
         '/api-keys/{id}/rotate',
+        '/backups',
         '/cache/flush',
         '/cache/stats',
         '/customers',

@@ -6,7 +6,7 @@ import { MIGRATIONS } from '../../src/stores/sql/migrations/index.ts';
 import { createTestDatabase, ENGINES, type TestDatabase } from '../support/engines.ts';
 
 const TABLES = [
-  'accounts', 'api_keys', 'audit_events', 'customers', 'event_log', 'fee_charges', 'file_variants', 'files', 'idempotency_keys',
+  'accounts', 'api_keys', 'audit_events', 'backup_holds', 'customers', 'event_log', 'fee_charges', 'file_variants', 'files', 'idempotency_keys',
   'jobs', 'ledger_entries', 'ledger_transactions', 'outbox', 'processed_messages', 'stream_groups', 'system_accounts',
 ];
 

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli, serve } from '../support/cli.ts';
 import { runProcess } from '../support/processes.ts';
 import { startS3Server, type S3Server } from '../support/s3.ts';
+import { until } from '../support/until.ts';
 
 const SITE = join(import.meta.dirname, '../../site');
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
@@ -122,6 +123,12 @@ describe.each(STORES)('databank serve with files in $name', ({ s3 }) => {
       expect([conditional.status, conditional.body.length]).toEqual([304, 0]);
       const noKey = await curl([`${s.base}/files/${fileId}/content`]);
       expect(noKey.status).toBe(401);
+      // The worker makes the image's three variants; the sweep below then counts their objects too.
+      await until(
+        async () => JSON.parse((await curl([...auth, `${s.base}/files/${fileId}`])).body.toString()) as { variants: Array<{ status: string }> },
+        (f) => f.variants.every((v) => v.status === 'ready'),
+        { what: 'the variants of cover.png' },
+      );
     } finally {
       expect(await s.stop()).toBe(0);
     }
@@ -131,7 +138,7 @@ describe.each(STORES)('databank serve with files in $name', ({ s3 }) => {
     expect(sweep.stderr).toBe('');
     expect([sweep.code, JSON.parse(sweep.stdout)]).toEqual([
       0,
-      { orphanObjects: [], missingObjects: [], objectsSeen: 1, rowsSeen: 1 },
+      { orphanObjects: [], missingObjects: [], objectsSeen: 4, rowsSeen: 1 },
     ]);
   });
 
