@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
@@ -56,6 +57,11 @@ const MAX_PULL_MS = 10_000;
 const CONSUMER_NOT_FOUND = 10014;
 const MESSAGE_NOT_FOUND = 10037;
 const STREAM_NOT_FOUND = 10059;
+/**
+ * "error creating store for stream": NATS 2.9 can fail a stream's creation when another client
+ * deletes the account's last stream at that moment (it removes the folder the new one goes in).
+ */
+const STREAM_STORE_FAILED = 10049;
 
 const ACK = '+ACK';
 const NAK = '-NAK';
@@ -124,12 +130,22 @@ class NatsStream implements EventStream {
       await this.jsm.streams.info(this.streamName);
     } catch (err) {
       if (apiErrorCode(err) !== STREAM_NOT_FOUND) throw err;
-      await this.jsm.streams.add({
+      const config = {
         name: this.streamName,
         subjects: [`${this.options.prefix}.events.>`],
         storage: StorageType.File,
         duplicate_window: nanos(this.options.duplicateWindowMs ?? DEFAULT_DUPLICATE_WINDOW_MS),
-      });
+      };
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.jsm.streams.add(config);
+          return;
+        } catch (addErr) {
+          // The server's race is over a moment later; anything else, or a third failure, is real.
+          if (apiErrorCode(addErr) !== STREAM_STORE_FAILED || attempt === 3) throw addErr;
+          await delay(200 * attempt);
+        }
+      }
     }
   }
 
