@@ -1,4 +1,3 @@
-import { setTimeout as delay } from 'node:timers/promises';
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
@@ -143,7 +142,7 @@ class NatsStream implements EventStream {
         } catch (addErr) {
           // The server's race is over a moment later; anything else, or a third failure, is real.
           if (apiErrorCode(addErr) !== STREAM_STORE_FAILED || attempt === 3) throw addErr;
-          await delay(200 * attempt);
+          await sleep(200 * attempt);
         }
       }
     }
