@@ -10,7 +10,7 @@ import { openBackups } from './services/backup/index.ts';
 import { BackupOps } from './services/backup/ops.ts';
 import { backupSchedules } from './workers/backup-schedule.ts';
 import { scheduleLock } from './workers/schedule-lock.ts';
-import { createMetrics } from './http/metrics.ts';
+import { createMetrics, registerReplicaMetrics, type Metrics } from './http/metrics.ts';
 import { buildServer } from './http/server.ts';
 import { AccountsService } from './services/accounts.ts';
 import { ApiKeysService } from './services/api-keys.ts';
@@ -26,7 +26,8 @@ import { FilesService } from './services/files.ts';
 import { DEFAULT_SITE_OPTIONS, deploySite, readManifest, Site } from './services/site.ts';
 import { openFileStore, type FileStore } from './stores/files/index.ts';
 import { openCacheStore } from './stores/cache/index.ts';
-import type { SqlStore } from './stores/sql/index.ts';
+import { openSqlStore, type SqlStore } from './stores/sql/index.ts';
+import { ReadRouter, replicaName } from './stores/sql/read-routing.ts';
 import { startWorkerHost, type WorkerHost } from './workers/index.ts';
 import type { Db } from './stores/sql/port.ts';
 
@@ -115,8 +116,11 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       ...(options.retry ?? DEFAULT_RETRY),
       onRetry: (state) => metrics.transactionRetries.inc({ sqlstate: state }),
     };
-    // Both handles are the primary until replicas are configured; services keep them apart already.
-    const handles: Db = { reader: sql.db, writer: sql.db };
+    // Reads outside transactions go through the router: to a replica fresh enough for the request,
+    // or to the primary. Everything else takes the primary.
+    const router = await openReadRouter(config, sql, metrics, logger);
+    closers.add('read replicas', () => router.close());
+    const handles: Db = { reader: router.reader, writer: sql.db };
     const db = options.wrapDb ? options.wrapDb(handles) : handles;
     const background = await openBackground({ config, sql, db, files, logger, closers, registry: metrics.registry });
     const backupStores = await openBackups(config, sql, files);
@@ -157,6 +161,12 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
       metrics,
       limits: config.limits,
       backups,
+      reads: {
+        currentLsn: () => router.currentLsn(),
+        status: () => router.status(),
+        readYourWritesMs: config.replicas.readYourWritesMs,
+        maxLagMs: config.replicas.maxLagMs,
+      },
       ready: () => sql.ping(2_000),
     };
     const bootstrapped =
@@ -188,6 +198,33 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     await close().catch(() => undefined);
     throw err;
   }
+}
+
+/**
+ * The read router over the primary and `DATABASE_REPLICA_URLS`: counts reads in
+ * `databank_db_reads_total`, logs replicas leaving and rejoining the rotation, and has checked each
+ * replica once before it returns (a replica that is down then is simply out of rotation).
+ */
+async function openReadRouter(config: Config, sql: SqlStore, metrics: Metrics, logger: Logger): Promise<ReadRouter> {
+  const replicas = await Promise.all(
+    config.replicas.urls.map(async (replica, i) => ({
+      name: `${replicaName(replica.connectionString)}${config.replicas.urls.length > 1 ? `#${i + 1}` : ''}`,
+      store: await openSqlStore(replica, (err) => logger.warn({ err }, 'idle replica connection failed')),
+    })),
+  );
+  const router = new ReadRouter(sql, replicas, {
+    maxLagMs: config.replicas.maxLagMs,
+    checkMs: config.replicas.checkMs,
+    onRead: (target, reason) => metrics.dbReads.inc({ target, reason }),
+    onStateChange: (replica, from, to, error) => {
+      const fields = { replica, from, to, error };
+      if (to === 'in_rotation') logger.info(fields, 'replica in rotation');
+      else if (from === 'in_rotation' || from === 'starting') logger.warn(fields, 'replica out of rotation');
+    },
+  });
+  registerReplicaMetrics(metrics, () => router.status());
+  await router.start();
+  return router;
 }
 
 /** Calls `log` at most once per `intervalMs`, telling it how many calls it swallowed since. */

@@ -4,15 +4,16 @@ import { Cron } from 'croner';
 import { packagePath } from './paths.ts';
 
 /** How the app reaches PostgreSQL: the embedded engine, or a server through a pool. */
-export type SqlConfig =
-  | { readonly kind: 'pglite'; readonly dataDir: string | null }
-  | {
-      readonly kind: 'postgres';
-      /** The connection string with TLS parameters removed; TLS is described by `ssl`. */
-      readonly connectionString: string;
-      readonly ssl: SslConfig;
-      readonly poolMax: number;
-    };
+export type SqlConfig = { readonly kind: 'pglite'; readonly dataDir: string | null } | PostgresSqlConfig;
+
+/** A PostgreSQL server: the primary (`DATABASE_URL`) or a replica (`DATABASE_REPLICA_URLS`). */
+export interface PostgresSqlConfig {
+  readonly kind: 'postgres';
+  /** The connection string with TLS parameters removed; TLS is described by `ssl`. */
+  readonly connectionString: string;
+  readonly ssl: SslConfig;
+  readonly poolMax: number;
+}
 
 export type SslConfig =
   | { readonly mode: 'disable' }
@@ -113,6 +114,18 @@ export interface BackupSettings {
   readonly maxAgeSeconds: number;
 }
 
+/** Read replicas (the [replicas] issue): where reads may go, and how stale they may be. */
+export interface ReplicaSettings {
+  /** `DATABASE_REPLICA_URLS` (comma-separated PostgreSQL URLs); empty: every read goes to the primary. */
+  readonly urls: readonly PostgresSqlConfig[];
+  /** `DATABANK_MAX_REPLICA_LAG_MS`: a read without a token goes to a replica at most this far behind. */
+  readonly maxLagMs: number;
+  /** `DATABANK_REPLICA_CHECK_MS`: how often each replica's replay position and the primary's are read. */
+  readonly checkMs: number;
+  /** `DATABANK_READ_YOUR_WRITES_MS`: how long an API key's reads wait for its own last write without a header. */
+  readonly readYourWritesMs: number;
+}
+
 export interface Config {
   readonly dataDir: string;
   readonly host: string;
@@ -131,6 +144,7 @@ export interface Config {
   readonly http: HttpSettings;
   readonly broker: BrokerSettings;
   readonly backup: BackupSettings;
+  readonly replicas: ReplicaSettings;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -175,6 +189,7 @@ export function loadConfig(env: Env = process.env): Config {
   const http = parseHttp(env, problems);
   const broker = parseBroker(env, problems);
   const backup = parseBackup(env, dataDir, files.store, problems);
+  const replicas = parseReplicas(env, sql, problems);
   if (problems.length > 0 || sql === null) throw new ConfigError(problems);
   return deepFreeze({
     dataDir,
@@ -192,7 +207,30 @@ export function loadConfig(env: Env = process.env): Config {
     http,
     broker,
     backup,
+    replicas,
   });
+}
+
+function parseReplicas(env: Env, primary: SqlConfig | null, problems: string[]): ReplicaSettings {
+  const maxLagMs = parseIntVar(env, 'DATABANK_MAX_REPLICA_LAG_MS', 1000, 10, 3_600_000, problems);
+  const checkMs = parseIntVar(env, 'DATABANK_REPLICA_CHECK_MS', 200, 10, 60_000, problems);
+  const readYourWritesMs = parseIntVar(env, 'DATABANK_READ_YOUR_WRITES_MS', 10_000, 0, 3_600_000, problems);
+  const given = (env.DATABASE_REPLICA_URLS ?? '').split(',').map((u) => u.trim()).filter((u) => u !== '');
+  if (given.length > 0 && primary?.kind === 'pglite') {
+    problems.push('DATABASE_REPLICA_URLS: replicas need a PostgreSQL server as the primary (set DATABASE_URL)');
+    return { urls: [], maxLagMs, checkMs, readYourWritesMs };
+  }
+  const urls: PostgresSqlConfig[] = [];
+  for (const [i, url] of given.entries()) {
+    const own: string[] = [];
+    const parsed = parseSql({ ...env, DATABASE_URL: url }, '', own);
+    problems.push(...own.map((p) => `DATABASE_REPLICA_URLS (#${i + 1}): ${p.replace(/^DATABASE_URL: /, '')}`));
+    if (parsed?.kind === 'postgres') urls.push(parsed);
+  }
+  if (given.length > 0 && checkMs * 2 > maxLagMs) {
+    problems.push('DATABANK_REPLICA_CHECK_MS: must be at most half of DATABANK_MAX_REPLICA_LAG_MS, or no replica is ever fresh enough');
+  }
+  return { urls, maxLagMs, checkMs, readYourWritesMs };
 }
 
 function parseBroker(env: Env, problems: string[]): BrokerSettings {

@@ -6,6 +6,7 @@ import * as files from './cli/files.ts';
 import * as keys from './cli/keys.ts';
 import * as migrate from './cli/migrate.ts';
 import * as queue from './cli/queue.ts';
+import * as replica from './cli/replica.ts';
 import * as seed from './cli/seed.ts';
 import * as serve from './cli/serve.ts';
 import * as site from './cli/site.ts';
@@ -25,9 +26,9 @@ export interface CommandFamily {
 
 /**
  * Every command family, in the order `databank --help` lists them. A new family is a new file in
- * src/cli/ and one line here; the ones planned are replica, analytics and search.
+ * src/cli/ and one line here; the ones planned are analytics and search.
  */
-export const COMMAND_FAMILIES: readonly CommandFamily[] = [serve, worker, migrate, seed, keys, site, files, cache, queue, events, backup];
+export const COMMAND_FAMILIES: readonly CommandFamily[] = [serve, worker, migrate, seed, keys, site, files, cache, queue, events, backup, replica];
 
 /** The whole command tree, unparsed; tests read its help without starting a process. */
 export function buildCli(): Command {

@@ -49,6 +49,7 @@ describe('config', () => {
         keep: { daily: 7, weekly: 4, monthly: 12 },
         maxAgeSeconds: 93_600,
       },
+      replicas: { urls: [], maxLagMs: 1000, checkMs: 200, readYourWritesMs: 10_000 },
     });
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.sql)).toBe(true);

@@ -18,6 +18,10 @@ export const ERRORS = {
     status: 400,
     message: 'The Idempotency-Key header must be 1 to 255 printable ASCII characters',
   },
+  DATABANK_ERR_INVALID_LSN: {
+    status: 400,
+    message: 'The X-Databank-Lsn header must be a WAL position as a write answered it, like 0/16B3748',
+  },
   DATABANK_ERR_UNAUTHORIZED: { status: 401, message: 'A valid API key is required' },
   DATABANK_ERR_FORBIDDEN: { status: 403, message: 'This API key may not do that' },
   DATABANK_ERR_NOT_FOUND: { status: 404, message: 'No such resource' },

@@ -15,6 +15,7 @@ import type { AsyncOps } from '../services/async-ops.ts';
 import type { JobsService } from '../services/jobs.ts';
 import type { StatementsService } from '../services/statements.ts';
 import type { Metrics } from './metrics.ts';
+import type { ReadRouting } from './read-routing.ts';
 
 /** What the HTTP layer needs: services and metrics, never a store. */
 export interface HttpDeps {
@@ -39,6 +40,8 @@ export interface HttpDeps {
   readonly limits: LimitsSettings;
   /** Backups: create and list for admins, and what `/readyz` reports of their age. */
   readonly backups: BackupOps;
+  /** Read routing to replicas: WAL positions for read-your-writes, replica status. */
+  readonly reads: ReadRouting;
   /** Resolves when the database answers. */
   readonly ready: () => Promise<void>;
 }

@@ -69,6 +69,9 @@ export function registerErrorHandlers(app: FastifyInstance): void {
     const known = toDatabankError(err);
     if (known) {
       if (known.statusCode >= 500) request.log.warn({ err, code: known.code }, known.message);
+      // Nothing was applied and the cause passes (a failover, a busy row, a store restarting):
+      // a client may retry at once, and a second later it usually succeeds.
+      if (known.statusCode === 503) reply.header('retry-after', '1');
       return reply.code(known.statusCode).send(errorBody(known));
     }
     request.log.error({ err }, 'unhandled error');

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { PoolStats } from '../stores/sql/port.ts';
+import type { ReplicaStatus } from '../stores/sql/read-routing.ts';
 import type { ClientTimeoutKind, ConnectionEvents } from './client-errors.ts';
 
 /** The app's Prometheus metrics, in a registry of its own so that several apps can share a process. */
@@ -10,6 +11,8 @@ export interface Metrics {
   readonly cacheErrors: Counter<'family'>;
   readonly transfers: Counter<'outcome'>;
   readonly transactionRetries: Counter<'sqlstate'>;
+  /** Reads through `reader`, by where they were served and why (`read-routing.ts`). */
+  readonly dbReads: Counter<'target' | 'reason'>;
 }
 
 export function createMetrics(
@@ -83,7 +86,34 @@ export function createMetrics(
       },
     });
   }
-  return { registry, transfers, transactionRetries, cacheRequests, cacheErrors };
+  const dbReads = new Counter({
+    name: 'databank_db_reads_total',
+    help: 'Database reads by where they were served (primary, replica) and why (reason)',
+    labelNames: ['target', 'reason'],
+    registers: [registry],
+  });
+  return { registry, transfers, transactionRetries, cacheRequests, cacheErrors, dbReads };
+}
+
+/** Per-replica state, lag and reads, read from the router at each scrape. */
+export function registerReplicaMetrics(metrics: Metrics, status: () => readonly ReplicaStatus[]): void {
+  const gauges = [
+    ['databank_db_replica_lag_seconds', 'How far each replica was behind the primary at its last check (0: caught up)', (r: ReplicaStatus) => (r.lag_ms === null ? Number.NaN : r.lag_ms / 1000)],
+    ['databank_db_replica_lag_bytes', 'How many bytes of WAL each replica had not replayed at its last check', (r: ReplicaStatus) => r.lag_bytes ?? Number.NaN],
+    ['databank_db_replica_in_rotation', '1 when the replica serves reads, 0 when it is down, lagging or promoted', (r: ReplicaStatus) => (r.state === 'in_rotation' ? 1 : 0)],
+    ['databank_db_replica_reads', 'Reads each replica served since the process started', (r: ReplicaStatus) => r.reads],
+  ] as const;
+  for (const [name, help, pick] of gauges) {
+    new Gauge({
+      name,
+      help,
+      labelNames: ['replica'],
+      registers: [metrics.registry],
+      collect() {
+        for (const r of status()) this.set({ replica: r.name }, pick(r));
+      },
+    });
+  }
 }
 
 /** Counts requests by route, method and status, and times them. */

@@ -23,6 +23,8 @@ import { backupRoutes } from './routes/backups.ts';
 import { jobRoutes } from './routes/jobs.ts';
 import { moneyRoutes } from './routes/money.ts';
 import { registerRateLimits } from './rate-limit.ts';
+import { registerReadRouting } from './read-routing.ts';
+import { replicaRoutes } from './routes/replicas.ts';
 import { registerSite, routeNotFound } from './site.ts';
 import { schemaErrorFormatter } from './validation-messages.ts';
 
@@ -99,6 +101,9 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
   });
   registerErrorHandlers(app);
   registerHttpMetrics(app, deps.metrics);
+  // Before authentication, so that the key lookup and everything after it share the request's
+  // read context.
+  registerReadRouting(app, deps.reads);
   registerAuth(app, deps.apiKeys);
   await registerRateLimits(app, deps);
   await app.register(swagger, {
@@ -111,7 +116,7 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
   });
   if (deps.site) registerSite(app, deps.site);
   else app.setNotFoundHandler(routeNotFound);
-  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes, apiKeyRoutes, jobRoutes, asyncAdminRoutes, backupRoutes]) {
+  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes, apiKeyRoutes, jobRoutes, asyncAdminRoutes, backupRoutes, replicaRoutes]) {
     await app.register(async (scope) => routes(scope.withTypeProvider<TypeBoxTypeProvider>(), deps));
   }
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

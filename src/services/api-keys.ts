@@ -119,7 +119,8 @@ export function parseExpiry(value: string, now: number = Date.now()): Date {
  *
  * When each key was last used is kept in memory and written at most every 30 s, outside any
  * request, and once more by `close()`. Making, revoking and rotating read and write the primary
- * (`writer`); checking and listing read `reader`.
+ * (`writer`), and so does checking a key (a replica may not have the revocation yet); listing reads
+ * `reader`.
  */
 export class ApiKeysService {
   readonly limitsRedis: LimitsRedis | null;
@@ -299,8 +300,10 @@ export class ApiKeysService {
   /** The unrevoked key with this prefix, through the cache when there is one. */
   private async lookup(prefix: string): Promise<KeyRecord | null> {
     const load = async (): Promise<KeyRecord | null> => {
+      // On the primary: a key revoked or made a moment ago is refused or accepted at once, on
+      // every instance, whatever a replica has replayed.
       const row = await read(() =>
-        this.db.reader
+        this.db.writer
           .selectFrom('api_keys')
           .select(['id', 'secret_hash', 'role', 'customer_id', 'expires_at'])
           .where('prefix', '=', prefix)

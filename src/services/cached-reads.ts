@@ -1,5 +1,6 @@
 import type { CacheStats, CacheStore } from '../stores/cache/port.ts';
 import { lease, tombstone, tombstoneTime } from '../stores/cache/tombstone.ts';
+import { onPrimary } from '../stores/sql/read-routing.ts';
 
 /** Bump when the shape of a cached value changes: old shapes are then never read. */
 export const CACHE_SCHEMA_VERSION = 2;
@@ -237,7 +238,9 @@ export class CachedReads {
     taken: string | null,
   ): Promise<T | null> {
     const startedAt = Date.now();
-    const value = await load();
+    // From the primary: a value filled from a lagging replica would outlive that replica's lag, and
+    // be served to callers whose own writes it does not show.
+    const value = await onPrimary(load);
     // Its invalidation failed during the load: what was read may be the old row.
     if (this.everythingLostAt !== null || this.lost.has(key)) return value;
     const ttl = value === null ? this.options.negativeTtlMs : this.options.ttlMs;

@@ -1,12 +1,10 @@
 import type { Kysely, Transaction } from 'kysely';
 import { DatabankError } from '../domain/errors.ts';
 import type { Database } from '../stores/sql/schema.ts';
+import { isConnectionFailure, sqlState } from '../stores/sql/errors.ts';
 
 /** SQLSTATEs after which the whole transaction may simply run again. */
 const RETRYABLE = new Set(['40001', '40P01']);
-/** SQLSTATE classes and socket errors that mean the database cannot be reached right now. */
-const UNAVAILABLE_CLASSES = ['08', '53', '57P'];
-const UNAVAILABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH']);
 
 export interface RetryOptions {
   /** Attempts in all, first included. */
@@ -68,15 +66,10 @@ export function translateDbError(err: unknown): unknown {
   }
   // lock_timeout: a row lock was held too long by someone else; nothing was applied.
   if (state === '55P03') return new DatabankError('DATABANK_ERR_CONTENTION', undefined, { cause: err });
-  const errno = (err as NodeJS.ErrnoException | undefined)?.code;
-  const message = err instanceof Error ? err.message : '';
-  if (
-    (state && UNAVAILABLE_CLASSES.some((c) => state.startsWith(c))) ||
-    (errno && UNAVAILABLE_ERRNOS.has(errno)) ||
-    /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message)
-  ) {
-    return new DatabankError('DATABANK_ERR_UNAVAILABLE', undefined, { cause: err });
-  }
+  // A write reached a server in recovery: a primary demoted by a switchover, before the proxy
+  // in front of it noticed. Nothing was applied; the new primary takes the retry.
+  if (state === '25006') return new DatabankError('DATABANK_ERR_UNAVAILABLE', undefined, { cause: err });
+  if (isConnectionFailure(err)) return new DatabankError('DATABANK_ERR_UNAVAILABLE', undefined, { cause: err });
   return err;
 }
 
@@ -87,11 +80,6 @@ export async function read<T>(work: () => Promise<T>): Promise<T> {
   } catch (err) {
     throw translateDbError(err);
   }
-}
-
-function sqlState(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
 }
 
 function delay(ms: number): Promise<void> {

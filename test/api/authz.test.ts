@@ -161,6 +161,7 @@ function casesFor(ids: Ids): Record<string, Omit<RouteCase, 'route' | 'method'>>
     'GET /queues': { url: '/queues', otherCustomer: refused(403, 'GET', '/queues') },
     'POST /backups': { url: '/backups', otherCustomer: refused(403, 'POST', '/backups') },
     'GET /backups': { url: '/backups', otherCustomer: refused(403, 'GET', '/backups') },
+    'GET /replicas': { url: '/replicas', otherCustomer: refused(403, 'GET', '/replicas') },
     'GET /queues/:name/dead-letters': {
       url: '/queues/image.variants/dead-letters',
       otherCustomer: refused(403, 'GET', '/queues/image.variants/dead-letters'),

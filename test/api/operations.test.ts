@@ -104,6 +104,7 @@ for (const engine of ENGINES) {
         '/queues',
         '/queues/{name}/dead-letters',
         '/queues/{name}/dead-letters/retry',
+        '/replicas',
         '/transfers',
       ]);
       const body = doc.paths['/transfers'].post.requestBody.content['application/json'].schema;

@@ -14,7 +14,7 @@ import { freePort } from '../support/cli.ts';
 // In-process tests of the command tree and the CLI's helpers: no process is spawned here.
 
 /** The command families and the top-level command each registers, in `--help` order. */
-const FAMILIES = ['serve', 'worker', 'migrate', 'seed', 'keys', 'site', 'files', 'cache', 'queue', 'events', 'backup'] as const;
+const FAMILIES = ['serve', 'worker', 'migrate', 'seed', 'keys', 'site', 'files', 'cache', 'queue', 'events', 'backup', 'replica'] as const;
 
 describe('the command tree', () => {
   it('each family is a file in src/cli/ whose register adds exactly its own command', async () => {

@@ -73,6 +73,7 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
     http: TEST_DEFAULTS.http,
     broker: TEST_DEFAULTS.broker,
     backup: TEST_DEFAULTS.backup,
+    replicas: TEST_DEFAULTS.replicas,
     ...overrides,
   };
 }
