@@ -39,9 +39,10 @@ const MAX_REMEMBERED = 10_000;
  *   (in this process), and a read that sends the header waits for it on any instance;
  * - every request's reads run with that position as their minimum (`read-routing.ts` sends them
  *   to a replica that has replayed it, or to the primary);
- * - every GET and HEAD answer says where its reads were served: `X-Databank-Read-From: primary`
- *   when any read (a cache fill, a key lookup, a fallback) or none went to the primary,
- *   `replica` when every one went to a replica.
+ * - every GET and HEAD answer says where its reads were served: `X-Databank-Read-From: replica`
+ *   when any of them went to a replica (the answer may be as old as the bound, or as the token),
+ *   `primary` when all of them, or none (a cache hit, a health check), went to the primary. Cache
+ *   fills always read the primary.
  * A header that is not a WAL position is refused with DATABANK_ERR_INVALID_LSN.
  */
 export function registerReadRouting(app: FastifyInstance, reads: ReadRouting): void {
@@ -85,8 +86,7 @@ export function registerReadRouting(app: FastifyInstance, reads: ReadRouting): v
   app.addHook('onSend', async (request: FastifyRequest, reply) => {
     const ctx = request.readContext ?? currentReadContext();
     if (request.method === 'GET' || request.method === 'HEAD') {
-      const replicaOnly = ctx !== undefined && ctx !== null && ctx.served.replica > 0 && ctx.served.primary === 0;
-      reply.header('x-databank-read-from', replicaOnly ? 'replica' : 'primary');
+      reply.header('x-databank-read-from', ctx && ctx.served.replica > 0 ? 'replica' : 'primary');
     } else if (WRITES.has(request.method) && reply.statusCode < 400) {
       let lsn: bigint;
       try {

@@ -127,7 +127,7 @@ export async function initCluster(
 }
 
 /** The postmaster's pid, from the pid file it writes first thing and removes last; null without one. */
-function postmasterPid(dataDir: string): number | null {
+export function postmasterPid(dataDir: string): number | null {
   try {
     const pid = Number(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
     return Number.isInteger(pid) && pid > 0 ? pid : null;

@@ -92,7 +92,7 @@ function statementName(text: string): string | undefined {
  * five runs PostgreSQL may keep a generic plan. Queries without parameters (BEGIN, COMMIT, DDL)
  * stay simple queries.
  */
-function preparing(pool: pg.Pool): PostgresPool {
+function preparing(pool: pg.Pool, onError: (err: Error) => void): PostgresPool {
   const wrapped = new WeakMap<pg.PoolClient, PostgresPoolClient>();
   const wrap = (client: pg.PoolClient): PostgresPoolClient => ({
     query: ((text: unknown, values?: unknown[]) => {
@@ -106,6 +106,11 @@ function preparing(pool: pg.Pool): PostgresPool {
       const client = await pool.connect();
       let w = wrapped.get(client);
       if (!w) {
+        // The pool listens for errors only while a client is idle; a server that goes away while
+        // one is checked out (between two statements of a transaction, say) would otherwise
+        // crash the process. The statement in flight fails on its own, and the pool drops the
+        // broken client when it comes back.
+        client.on('error', onError);
         w = wrap(client);
         wrapped.set(client, w);
       }
@@ -137,7 +142,7 @@ export async function openPostgres(options: PostgresOptions): Promise<SqlStore> 
     },
   });
   pool.on('error', (err) => options.onError?.(err));
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: preparing(pool) }) });
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: preparing(pool, (err) => options.onError?.(err)) }) });
   return {
     kind: 'postgres',
     db,
