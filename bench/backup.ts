@@ -396,6 +396,9 @@ async function dbSize(client: pg.Client): Promise<number> {
 }
 
 /** Ledger transactions lo..hi and their two entries each; every transaction sums to zero in USD. */
+/** Transaction g's time (an entry has its transaction's): three seconds apart from the start of 2025. */
+const TXN_TIME = `timestamptz '2025-01-01 00:00:00+00' + g * interval '3 seconds'`;
+
 async function insertLedger(client: pg.Client, lo: number, hi: number): Promise<void> {
   // Transaction g: the opening deposit of account g (g ≤ ACCOUNTS); then a deposit (one in five)
   // into account a from cash:USD, or a transfer from account a to account b ≠ a.
@@ -410,14 +413,13 @@ async function insertLedger(client: pg.Client, lo: number, hi: number): Promise<
   await client.query(
     `insert into ledger_transactions (id, kind, reference, created_at)
      select g, case when deposit then 'deposit' else 'transfer' end,
-       case when deposit then 'bench deposit ' || g end,
-       timestamptz '2025-01-01 00:00:00+00' + g * interval '3 seconds'
+       case when deposit then 'bench deposit ' || g end, ${TXN_TIME}
      from (${shape}) t`,
     [lo, hi],
   );
   await client.query(
-    `insert into ledger_entries (transaction_id, account_id, system_account, currency, amount)
-     select t.g, e.account_id, e.system_account, 'USD', e.amount
+    `insert into ledger_entries (transaction_id, account_id, system_account, currency, amount, created_at)
+     select t.g, e.account_id, e.system_account, 'USD', e.amount, ${TXN_TIME.replace(/\bg\b/g, 't.g')}
      from (select s.*, 1 + (s.a + abs(hashint8(-s.g)::bigint) % ${ACCOUNTS - 1}) % ${ACCOUNTS} as b from (${shape}) s) t
      cross join lateral (values
        (1, t.a, null::text, case when t.deposit then t.amount else -t.amount end),
@@ -453,6 +455,11 @@ async function fillSource(db: TempDatabase, targetBytes: number): Promise<Source
       `insert into accounts (account_id, customer_id, account_type, currency)
        select g, 1 + (g - 1) % ${CUSTOMERS}, case when g % 3 = 0 then 'savings' else 'checking' end, 'USD'
        from generate_series(1, ${ACCOUNTS}) g`,
+    );
+    // The ledger's monthly partitions for the times the rows get (a year of them holds 10 M
+    // transactions), so that none lands in the default partition.
+    await client.query(
+      `select ledger_create_partition(m::date) from generate_series(date '2025-01-01', date '2026-01-01', interval '1 month') m`,
     );
     let next = 1;
     let size = await dbSize(client);

@@ -40,9 +40,10 @@ export interface Recorded {
 
 /**
  * Writes a movement in one statement: the ledger transaction, its entries (which must sum to zero
- * in their currency, and be in their accounts' currency: the schema refuses otherwise), the new
- * balances and the outbox event. The caller has locked the accounts and checked the rules; this
- * keeps the round trips per movement to one.
+ * in their currency, and be in their accounts' currency: the schema refuses otherwise; their time
+ * is the transaction's, which puts them in its month's partition), the new balances and the outbox
+ * event. The caller has locked the accounts and checked the rules; this keeps the round trips per
+ * movement to one.
  */
 export async function recordMovement(trx: Kysely<Database>, m: Movement): Promise<Recorded> {
   const accountIds = m.entries.map((e) => ('account_id' in e ? e.account_id : null));
@@ -63,8 +64,8 @@ export async function recordMovement(trx: Kysely<Database>, m: Movement): Promis
       returning a.account_id, a.balance
     ),
     e as (
-      insert into ledger_entries (transaction_id, account_id, system_account, currency, amount)
-      select t.id, d.account_id, d.system_account, ${m.currency}, d.amount from t, d
+      insert into ledger_entries (transaction_id, account_id, system_account, currency, amount, created_at)
+      select t.id, d.account_id, d.system_account, ${m.currency}, d.amount, t.created_at from t, d
     ),
     o as (
       insert into outbox (type, aggregate_id, customer_ids, payload)

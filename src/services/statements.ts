@@ -1,9 +1,10 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { sql } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import { DatabankError } from '../domain/errors.ts';
 import type { Principal } from '../domain/types.ts';
 import type { FileStore } from '../stores/files/port.ts';
 import type { Db } from '../stores/sql/port.ts';
+import type { Database } from '../stores/sql/schema.ts';
 import { assertOwns } from './access.ts';
 import { filePayload } from './files.ts';
 import type { JobsService } from './jobs.ts';
@@ -57,24 +58,8 @@ export class StatementsService {
     const to = new Date(Date.UTC(year, mm, 1));
     const account = await this.db.writer.selectFrom('accounts').select(['customer_id', 'currency']).where('account_id', '=', accountId).executeTakeFirst();
     if (!account) throw new Error(`account ${accountId} does not exist`);
-    const entries = await read(() =>
-      this.db.writer
-        .selectFrom('ledger_entries as e')
-        .innerJoin('ledger_transactions as t', 't.id', 'e.transaction_id')
-        .select(['e.id', 'e.transaction_id', 't.created_at', 't.kind', 't.reference', 'e.currency', 'e.amount'])
-        .where('e.account_id', '=', accountId)
-        .where('t.created_at', '>=', from)
-        .where('t.created_at', '<', to)
-        .orderBy('e.id')
-        .execute(),
-    );
-    const opening = await this.db.writer
-      .selectFrom('ledger_entries as e')
-      .innerJoin('ledger_transactions as t', 't.id', 'e.transaction_id')
-      .select(sql<number>`coalesce(sum(e.amount), 0)::bigint`.as('sum'))
-      .where('e.account_id', '=', accountId)
-      .where('t.created_at', '<', from)
-      .executeTakeFirstOrThrow();
+    const entries = await read(() => statementEntries(this.db.writer, accountId, from, to).execute());
+    const opening = await openingBalance(this.db.writer, accountId, from).executeTakeFirstOrThrow();
     let balance = Number(opening.sum);
     const lines = [COLUMNS.join(',')];
     for (const e of entries) {
@@ -122,6 +107,31 @@ export class StatementsService {
     // A delivery that lost the race to another one leaves its copy behind: remove it.
     if (fileId === null) await this.store.delete(key);
   }
+}
+
+/**
+ * An account's entries in `[from, to)`, in id order. The range is on the entries' own time, the
+ * ledger's partition key, so PostgreSQL reads only the partitions of those months (one for a
+ * month's statement): `test/contract/ledger-partitions.test.ts` checks the plan.
+ */
+export function statementEntries(db: Kysely<Database>, accountId: number, from: Date, to: Date) {
+  return db
+    .selectFrom('ledger_entries as e')
+    .innerJoin('ledger_transactions as t', 't.id', 'e.transaction_id')
+    .select(['e.id', 'e.transaction_id', 'e.created_at', 't.kind', 't.reference', 'e.currency', 'e.amount'])
+    .where('e.account_id', '=', accountId)
+    .where('e.created_at', '>=', from)
+    .where('e.created_at', '<', to)
+    .orderBy('e.id');
+}
+
+/** The sum of an account's entries before `from`: the partitions of the months before only. */
+export function openingBalance(db: Kysely<Database>, accountId: number, from: Date) {
+  return db
+    .selectFrom('ledger_entries as e')
+    .select(sql<number>`coalesce(sum(e.amount), 0)::bigint`.as('sum'))
+    .where('e.account_id', '=', accountId)
+    .where('e.created_at', '<', from);
 }
 
 /** One CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break. */

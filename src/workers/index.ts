@@ -1,7 +1,9 @@
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
+import { LedgerPartitions } from '../services/ledger-partitions.ts';
 import { WorkerHost, type WorkerHostOptions } from './host.ts';
 import { idempotencyPurge, type ExpiredKeyPurger } from './idempotency-purge.ts';
+import { ledgerPartitions, type LedgerPartitioner } from './ledger-partitions.ts';
 import { workerMetrics } from './metrics.ts';
 import { scheduleLock, type LockableDatabase } from './schedule-lock.ts';
 import { siteRefresh, type SiteRefresher } from './site-refresh.ts';
@@ -14,6 +16,7 @@ export { scheduled, type RunOutcome, type ScheduledWorker, type ScheduleOptions 
 export { advisoryLock, scheduleLock, SINGLE_PROCESS_LOCK, type ScheduleLock } from './schedule-lock.ts';
 export { repeating } from './repeating.ts';
 export { idempotencyPurge, IDEMPOTENCY_PURGE_CRON, type ExpiredKeyPurger } from './idempotency-purge.ts';
+export { ledgerPartitions, LEDGER_PARTITIONS_CRON, type LedgerPartitioner, type LedgerPartitionsOptions } from './ledger-partitions.ts';
 export { siteRefresh, SITE_REFRESH_MS, type SiteRefresher } from './site-refresh.ts';
 export { aborted, NO_RECORDER, sleep, type RunRecorder, type Worker } from './worker.ts';
 
@@ -24,6 +27,8 @@ export interface WorkerDeps<DB> {
   readonly sql: LockableDatabase<DB>;
   /** `IdempotencyService` fits. */
   readonly idempotency: ExpiredKeyPurger;
+  /** The ledger's partition upkeep; default `LedgerPartitions` over `sql.db`. */
+  readonly partitions?: LedgerPartitioner;
   /**
    * The site this process serves (`Site` with a `refresh()` fits). Leave it out where no HTTP
    * server runs (`databank worker`): the refresh keeps this process's copy of the manifest fresh.
@@ -46,7 +51,9 @@ export function createWorkers<DB>(deps: WorkerDeps<DB>): Worker[] {
   const workers: Worker[] = [];
   if (deps.site) workers.push(siteRefresh(deps.site));
   if (deps.background ?? true) {
-    workers.push(idempotencyPurge(deps.idempotency, scheduleLock(deps.sql), deps.logger));
+    const lock = scheduleLock(deps.sql);
+    workers.push(idempotencyPurge(deps.idempotency, lock, deps.logger));
+    workers.push(ledgerPartitions(deps.partitions ?? new LedgerPartitions(deps.sql.db), lock, deps.logger));
   }
   workers.push(...(deps.extra ?? []));
   return workers;

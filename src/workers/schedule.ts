@@ -13,6 +13,11 @@ export interface ScheduleOptions {
   readonly lock: ScheduleLock;
   /** The time zone the pattern is read in. Default UTC, so that no deployment's clock matters. */
   readonly timezone?: string;
+  /**
+   * Also run a tick as soon as the worker starts (under the same lock), for upkeep that must not
+   * wait for the first tick after a start. Default false.
+   */
+  readonly runAtStart?: boolean;
 }
 
 /**
@@ -80,6 +85,7 @@ export function scheduled(options: ScheduleOptions): ScheduledWorker {
       signal = hostSignal;
       recorder = runs;
       job = new Cron(options.cron, { timezone }, () => void tick());
+      if (options.runAtStart) void tick();
       await aborted(hostSignal);
       job.stop();
       // Let the tick under way end (its signal has aborted) so that its lock is released.

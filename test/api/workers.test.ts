@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ENGINES } from '../support/engines.ts';
 import { startTestApp, type TestApp } from '../support/app.ts';
+import { until } from '../support/until.ts';
 
 /** The worker host inside `databank serve`: its workers and their metrics on /metrics. */
 describe.each(ENGINES.map((engine) => ({ engine })))('worker host in the app on $engine', ({ engine }) => {
@@ -28,6 +29,7 @@ describe.each(ENGINES.map((engine) => ({ engine })))('worker host in the app on 
     expect(names.map((n) => n.replace(/^events:cache-.+$/, 'events:cache-…'))).toEqual([
       'site-refresh',
       'idempotency-purge',
+      'ledger-partitions',
       'events:cache-…',
       'outbox-relay',
       'job-dispatcher',
@@ -35,11 +37,19 @@ describe.each(ENGINES.map((engine) => ({ engine })))('worker host in the app on 
       'jobs:statement.monthly',
       'events:audit',
     ]);
+    // The partition upkeep runs once as it starts (then daily): nothing to make, the migration did.
+    await until(
+      async () => withWorker.app.workers.states().find((s) => s.name === 'ledger-partitions')?.runs ?? 0,
+      (runs) => runs >= 1,
+      { what: 'the ledger partition upkeep run at start' },
+    );
     const body = await metrics(withWorker);
     expect(body).toContain('databank_worker_up{worker="site-refresh"} 1');
     expect(body).toContain('databank_worker_up{worker="idempotency-purge"} 1');
     expect(body).toMatch(/^databank_worker_runs_total\{worker="idempotency-purge"\} 0$/m);
     expect(body).toMatch(/^databank_worker_failures_total\{worker="site-refresh"\} 0$/m);
+    expect(body).toMatch(/^databank_worker_runs_total\{worker="ledger-partitions"\} 1$/m);
+    expect(body).toMatch(/^databank_worker_failures_total\{worker="ledger-partitions"\} 0$/m);
   });
 
   it('leaves the shared schedules to `databank worker` with worker: false (serve --no-worker)', async () => {
@@ -51,11 +61,12 @@ describe.each(ENGINES.map((engine) => ({ engine })))('worker host in the app on 
     const body = await metrics(without);
     expect(body).toContain('databank_worker_up{worker="site-refresh"} 1');
     expect(body).not.toContain('worker="idempotency-purge"');
+    expect(body).not.toContain('worker="ledger-partitions"');
   });
 
   it('stops the workers when the app closes', async () => {
     const t = await startTestApp(engine, `workers-close-${engine}`);
     await t.close();
-    expect(t.app.workers.states().map((s) => s.status)).toEqual(Array(8).fill('stopped'));
+    expect(t.app.workers.states().map((s) => s.status)).toEqual(Array(9).fill('stopped'));
   });
 });

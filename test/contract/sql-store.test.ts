@@ -10,10 +10,13 @@ const TABLES = [
   'jobs', 'ledger_entries', 'ledger_transactions', 'outbox', 'processed_messages', 'stream_groups', 'system_accounts',
 ];
 
+/** The schema's tables; partitions (the ledger's months: test/contract/ledger-partitions.test.ts) left out. */
 async function tables(store: SqlStore): Promise<string[]> {
   const rows = await sql<{ table_name: string }>`
-    select table_name from information_schema.tables
-    where table_schema = 'public' and table_name not like 'databank_migrations%' order by table_name`.execute(store.db);
+    select table_name from information_schema.tables t
+    where table_schema = 'public' and table_name not like 'databank_migrations%'
+      and not exists (select 1 from pg_class c where c.oid = to_regclass(quote_ident(t.table_name)) and c.relispartition)
+    order by table_name`.execute(store.db);
   return rows.rows.map((r) => r.table_name);
 }
 

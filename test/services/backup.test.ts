@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openFileStore } from '../../src/stores/files/index.ts';
 import { writeNewBackupKey, type BackupKey } from '../../src/services/backup/crypto.ts';
@@ -68,6 +69,13 @@ describe.each(ENGINES)('backups on %s', (engine: EngineName) => {
     expect(summary.backup_id).toMatch(/^\d{8}T\d{6}Z-[0-9a-f]{6}$/);
     expect(summary.locations).toEqual(['primary', join(dir, 'copy')]);
     expect(summary.tables['public.accounts']?.rows).toBe((await t.app.sql.db.selectFrom('accounts').select('account_id').execute()).length);
+    // A partitioned table counts once, as a whole: the ledger's months are not counted again.
+    expect(summary.tables['public.ledger_entries']?.rows).toBe((await t.app.sql.db.selectFrom('ledger_entries').select('id').execute()).length);
+    const partitions = await sql<{ name: string }>`
+      select n.nspname || '.' || c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where c.relispartition`.execute(t.app.sql.db);
+    expect(partitions.rows.map((p) => p.name)).toContain('public.ledger_entries_default');
+    expect(partitions.rows.filter((p) => p.name in summary.tables)).toEqual([]);
     expect(summary.objects).toBe(1);
     expect(Number(summary.invariants.balances.USD)).toBe(
       (await t.app.sql.db.selectFrom('accounts').select('balance').where('currency', '=', 'USD').execute()).reduce((s, a) => s + a.balance, 0),

@@ -44,7 +44,10 @@ export interface LedgerTransactionsTable {
   created_at: Generated<Date>;
 }
 
-/** One side of a movement: `account_id` for a customer account, `system_account` for the bank's own. */
+/**
+ * One side of a movement: `account_id` for a customer account, `system_account` for the bank's own.
+ * Partitioned by month of `created_at` (0011): `ledger_entries_2026_12`, …, `ledger_entries_default`.
+ */
 export interface LedgerEntriesTable {
   id: Generated<number>;
   transaction_id: number;
@@ -53,6 +56,11 @@ export interface LedgerEntriesTable {
   system_account: SystemAccount | null;
   currency: Currency;
   amount: number;
+  /**
+   * The entry's time, its ledger transaction's `created_at` (0011), and the key the table is
+   * partitioned by, one partition a month: filter on it and a query reads only its months.
+   */
+  created_at: Generated<Date>;
 }
 
 export interface FeeChargesTable {

@@ -9,6 +9,7 @@ import * as m0007 from './0007_outbox_events.ts';
 import * as m0008 from './0008_event_log.ts';
 import * as m0009 from './0009_job_queue.ts';
 import * as m0010 from './0010_backup_holds.ts';
+import * as m0011 from './0011_partitioned_ledger.ts';
 
 /**
  * Every migration, by name; names sort in the order they run. `databank migrate make NAME` adds
@@ -26,5 +27,6 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = {
   '0008_event_log': m0008,
   '0009_job_queue': m0009,
   '0010_backup_holds': m0010,
+  '0011_partitioned_ledger': m0011,
   // databank:migrations (new migrations are added above this line)
 };
