@@ -60,7 +60,10 @@ export const ERRORS = {
     status: 503,
     message: 'The accounts are busy; the request was not applied, retry it',
   },
-  DATABANK_ERR_UNAVAILABLE: { status: 503, message: 'The database is unavailable; the request was not applied' },
+  DATABANK_ERR_UNAVAILABLE: {
+    status: 503,
+    message: 'The database is unavailable; the request may not have been applied: retry it with the same Idempotency-Key',
+  },
   DATABANK_ERR_FILE_STORE_UNAVAILABLE: {
     status: 503,
     message: 'The file store is unavailable; nothing was stored, retry',

@@ -1,4 +1,4 @@
-import type { EventStream, StartAt, StreamEvent } from '../stores/stream/port.ts';
+import type { EventStream, StartAt, StreamEvent, Subscription } from '../stores/stream/port.ts';
 import { sleep, type Worker } from './worker.ts';
 
 /** What a consumer group does with the events it reads: idempotent, since delivery is at least once. */
@@ -28,8 +28,11 @@ export function streamConsumer(options: {
     start(signal, runs) {
       loop = (async () => {
         while (!signal.aborted) {
-          const sub = await options.stream.subscribe(options.group, options.startAt);
+          let sub: Subscription | null = null;
           try {
+            // Inside the try: a database that is away (a failover) fails this run, tried again after
+            // a second, instead of crashing the worker into the host's growing back-off.
+            sub = await options.stream.subscribe(options.group, options.startAt);
             while (!signal.aborted) {
               const batch = await sub.fetch(batchSize, 1_000, signal);
               if (batch.length === 0) continue;
@@ -42,14 +45,16 @@ export function streamConsumer(options: {
             runs.failed(err);
             await sleep(1_000, signal);
           } finally {
-            await sub.close().catch(() => undefined);
+            await sub?.close().catch(() => undefined);
           }
         }
       })();
       return loop;
     },
     async stop() {
-      await loop;
+      // A start that crashed was reported, and restarted, by the host: its error is not a failure
+      // to stop, and must not turn an orderly shutdown into exit code 1.
+      await loop?.catch(() => undefined);
       if (options.deleteOnStop) await options.stream.deleteGroup(options.group).catch(() => undefined);
     },
   };
