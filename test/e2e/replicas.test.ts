@@ -218,6 +218,17 @@ describe.skipIf(missing.length > 0)('reads on a streaming replica', () => {
     expect([report.source, report.replicas.map((r) => [r.name, r.state])]).toEqual(['direct', [[name, 'in_rotation']]]);
   }, 60_000);
 
+  // Last: it ends the replica's life as a replica.
+  it('a replica promoted out of recovery leaves the rotation; its reads go to the primary', async () => {
+    await replicaReady();
+    await pair.query(0, 'select pg_promote(true, 30)');
+    await until(async () => app.deps.reads.status()[0]!.state, (s) => s === 'not_in_recovery', { what: 'promoted replica out of rotation' });
+    const before = await readsCount('primary', 'replicas_down');
+    const read = await entries(other);
+    expect([read.status, read.from]).toEqual([200, 'primary']);
+    expect(await readsCount('primary', 'replicas_down')).toBeGreaterThan(before);
+  });
+
   async function customerKey(): Promise<string> {
     const customer = await call('POST', '/customers', admin, { name: 'Cora Customer', date_of_birth: '1990-01-01' });
     const key = await call('POST', '/api-keys', admin, { role: 'customer', customer_id: (customer.body as { id: number }).id });
