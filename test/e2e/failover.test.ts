@@ -254,9 +254,13 @@ function tally(attempts: ReadonlyArray<Pick<Attempt, 'status' | 'code'> & { read
   return counts;
 }
 
-const missing = missingHaTools('failover suite (Patroni, etcd, HAProxy)');
+// DATABANK_TEST_FAILOVER=0 leaves this suite out (`.ci/run` does on its second Node.js version:
+// the suite proves Patroni, etcd and HAProxy, which do not change with the Node.js that runs it).
+const wanted = process.env.DATABANK_TEST_FAILOVER !== '0';
+if (!wanted) console.warn('failover suite skipped: DATABANK_TEST_FAILOVER=0');
+const missing = wanted ? missingHaTools('failover suite (Patroni, etcd, HAProxy)') : [];
 
-describe.skipIf(missing.length > 0)('primary failover with Patroni + etcd behind HAProxy (deploy/ha)', () => {
+describe.skipIf(!wanted || missing.length > 0)('primary failover with Patroni + etcd behind HAProxy (deploy/ha)', () => {
   let cluster: HaCluster | null = null;
   const started = Date.now();
 
