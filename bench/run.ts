@@ -8,11 +8,12 @@ import { cleanupAll } from './lib/cleanup.ts';
 import { BenchError, progress } from './lib/log.ts';
 import { formatResult, writeResult } from './lib/report.ts';
 import { reads } from './reads.ts';
+import { replicas } from './replicas.ts';
 import { startup } from './startup.ts';
 import { staticFiles } from './static.ts';
 import { transfers } from './transfers.ts';
 
-const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles, startup, asyncFlows, backup];
+const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles, startup, asyncFlows, backup, replicas];
 
 function usage(): string {
   return [
@@ -37,6 +38,7 @@ function usage(): string {
     '  AMQP_URL            RabbitMQ for the async benchmark (default amqp://guest:guest@127.0.0.1:5672)',
     '  NATS_URL            NATS with JetStream for the async benchmark (default nats://127.0.0.1:4222)',
     '  BENCH_BACKUP_MB     database size for the backup benchmark, in MB (default 1024)',
+    '  PG_BIN              PostgreSQL server tools for the replicas benchmark\'s own clusters (default /usr/lib/postgresql/15/bin)',
     '',
     'Every run writes bench/results/<name>.json; progress goes to stderr.',
   ].join('\n');

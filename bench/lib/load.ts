@@ -12,6 +12,8 @@ export interface RequestSpec {
   readonly method: 'GET' | 'POST';
   readonly path: string;
   readonly body?: unknown;
+  /** Headers of this request only (e.g. an Idempotency-Key), on top of the run's. */
+  readonly headers?: OutgoingHttpHeaders;
 }
 
 export interface LoadOptions {
@@ -30,6 +32,14 @@ export interface LoadOptions {
   readonly window?: { begin(): void; end(): void };
   /** A response header (lower case, e.g. 'x-cache') whose values are counted on expected answers. */
   readonly countHeader?: string;
+  /**
+   * A steady load instead of a closed loop: the clients together start this many requests a
+   * second, each on a fixed schedule (a client behind it sends at once, and one more than an
+   * interval behind drops the sends it missed); the achieved rate is `ops_per_s`.
+   */
+  readonly ratePerS?: number;
+  /** Return every latency in the window too (`latencies_ms`), e.g. to merge several runs' percentiles. */
+  readonly keepLatencies?: boolean;
 }
 
 /** Values of `countHeader` on expected answers → count; '(none)' when the header is missing. */
@@ -54,6 +64,8 @@ export interface LoadResult {
   readonly cpu_cores: CpuSplit;
   /** Only when `countHeader` was given. */
   readonly header_counts?: HeaderCounts;
+  /** Only with `keepLatencies`: each expected answer's latency in the window, in completion order. */
+  readonly latencies_ms?: readonly number[];
 }
 
 interface Outcome {
@@ -73,9 +85,10 @@ function send(
   countHeader?: string,
 ): Promise<Outcome> {
   const body = spec.body === undefined ? undefined : Buffer.from(JSON.stringify(spec.body));
+  const own = spec.headers ? { ...headers, ...spec.headers } : headers;
   const all: OutgoingHttpHeaders = body
-    ? { ...headers, 'content-type': 'application/json', 'content-length': body.length }
-    : headers;
+    ? { ...own, 'content-type': 'application/json', 'content-length': body.length }
+    : own;
   return new Promise((resolve, reject) => {
     const req = request({ host: '127.0.0.1', port, method: spec.method, path: spec.path, agent, headers: all }, (res) => {
       const status = res.statusCode ?? 0;
@@ -132,8 +145,19 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     options.window?.end();
   }, options.warmupMs + options.durationMs);
 
-  const client = async () => {
+  // With a rate, client i sends at start + (i + k × clients) / rate, k = 0, 1, …
+  const intervalMs = options.ratePerS ? (options.clients * 1000) / options.ratePerS : 0;
+  const client = async (i: number) => {
+    let due = start + (i * intervalMs) / options.clients;
     while (performance.now() < end) {
+      if (intervalMs > 0) {
+        const wait = due - performance.now();
+        // More than a whole interval behind: the missed sends are dropped rather than made up in
+        // a burst, so the rate never goes above the one asked for.
+        due = wait < -intervalMs ? performance.now() + intervalMs : due + intervalMs;
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+        if (performance.now() >= end) break;
+      }
       const spec = options.next();
       const sent = performance.now();
       let outcome: Outcome;
@@ -159,7 +183,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
       }
     }
   };
-  await Promise.all(Array.from({ length: options.clients }, client));
+  await Promise.all(Array.from({ length: options.clients }, (_, i) => client(i)));
   clearTimeout(t1);
   clearTimeout(t2);
   cpu.after ??= snapshot(groups);
@@ -185,5 +209,6 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     non_ok: nonOk,
     cpu_cores: cpu.before ? between(cpu.before, cpu.after) : {},
     ...(options.countHeader === undefined ? {} : { header_counts: counted }),
+    ...(options.keepLatencies ? { latencies_ms: latencies } : {}),
   };
 }

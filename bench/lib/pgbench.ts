@@ -35,8 +35,9 @@ function field(output: string, pattern: RegExp, what: string): number {
 }
 
 /**
- * `pgbench -c <clients> -j <threads> -T <seconds> -n`, the built-in TPC-B-like script. CPU is read
- * from 2 s in until 1 s before the end, when every client is connected and still running.
+ * `pgbench -c <clients> -j <threads> -T <seconds> -n`, the built-in TPC-B-like script unless
+ * `script` names others (`-f file`, `-M prepared`…). CPU is read from 2 s in until 1 s before the
+ * end, when every client is connected and still running.
  */
 export async function pgbenchRun(
   url: string,
@@ -46,9 +47,11 @@ export async function pgbenchRun(
     seconds: number;
     cpu?: (pgbenchPid: number) => CpuGroups;
     window?: { begin(): void; end(): void };
+    /** More arguments before the URL, e.g. ['-f', 'reads.sql', '-M', 'prepared']. */
+    script?: readonly string[];
   },
 ): Promise<PgbenchResult> {
-  const args = ['-n', '-c', String(options.clients), '-j', String(options.threads), '-T', String(options.seconds), url];
+  const args = ['-n', '-c', String(options.clients), '-j', String(options.threads), '-T', String(options.seconds), ...(options.script ?? []), url];
   const child = startChild('pgbench', PGBENCH, args, { cwd: process.cwd(), env: process.env });
   let cpu: CpuSplit = {};
   const exited = child.exited;
