@@ -5,6 +5,7 @@ import {
   formatLsn,
   newReadContext,
   parseLsn,
+  readRoutingActive,
   runWithReadContext,
   type ReadContext,
   type ReplicaStatus,
@@ -73,7 +74,9 @@ export function registerReadRouting(app: FastifyInstance, reads: ReadRouting): v
     }
     const ctx = newReadContext(minLsn);
     request.readContext = ctx;
-    runWithReadContext(ctx, () => done());
+    // Without replicas every read is the primary's: no context to carry (`readRoutingActive`).
+    if (readRoutingActive()) runWithReadContext(ctx, () => done());
+    else done();
   });
   // After authentication: the key's own last write raises the minimum.
   app.addHook('preHandler', async (request) => {

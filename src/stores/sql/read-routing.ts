@@ -67,6 +67,18 @@ export interface ReadContext {
 }
 
 const contexts = new AsyncLocalStorage<ReadContext>();
+/**
+ * Whether a router with replicas exists in this process. Without one every read goes to the
+ * primary whatever the context says, so no context is ever set: on Node.js 20 the first
+ * `AsyncLocalStorage.run` installs promise hooks that slow every promise of the process (on
+ * Node.js 24 it costs next to nothing), a price paid only where routing needs it.
+ */
+let routing = false;
+
+/** True when reads may go to a replica, and so a request's read context matters. */
+export function readRoutingActive(): boolean {
+  return routing;
+}
 
 export function newReadContext(minLsn: bigint | null = null): ReadContext {
   return { minLsn, served: { primary: 0, replica: 0 }, pinned: false };
@@ -86,6 +98,7 @@ export function currentReadContext(): ReadContext | undefined {
  * fill, which others read later without any token) or must never lag (an API key lookup).
  */
 export function onPrimary<T>(fn: () => Promise<T>): Promise<T> {
+  if (!routing) return fn();
   const parent = contexts.getStore();
   return contexts.run({ minLsn: null, served: parent?.served ?? { primary: 0, replica: 0 }, pinned: true }, fn);
 }
@@ -188,6 +201,7 @@ export class ReadRouter {
       checkedAt: null,
     }));
     this.checkTimeoutMs = Math.max(1_000, options.checkMs * 5);
+    if (replicas.length > 0) routing = true;
     this.reader = new Kysely<Database>({ dialect: routingDialect(this) });
   }
 
