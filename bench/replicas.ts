@@ -635,6 +635,15 @@ function notes(
     const share = `In the databank slices the PostgreSQL client backends of the benchmark database were idle in ${round(idle * 100, 0)}% of the samples (db_backends)`;
     out.push(idle >= 0.8 ? `${share}: the servers wait for databank, whose one event loop, with the CPU the machine leaves it, sets the read rate.` : `${share}.`);
   }
+  const [sa, sb] = [d.primary, d.replica].map((x) => series.find((s) => s.name === x.name));
+  if (sa && sb) {
+    const [ca, cb] = [sa, sb].map((s) => cpuPerRequest(s, ['databank', 'primary', 'replica']));
+    if (ca && cb && ca.databank && cb.databank && ca.total && cb.total) {
+      out.push(
+        `CPU per read (the transfers' share included): databank ${ca.databank} µs in A, ${cb.databank} µs in B (${cb.databank >= ca.databank ? '+' : ''}${round((cb.databank / ca.databank - 1) * 100, 0)}%); all serving processes ${ca.total} µs and ${cb.total} µs. Where one Node process is the limit, its CPU per request sets the rate.`,
+      );
+    }
+  }
   for (const s of series) {
     const limits = cpuLimits(s.cpu_cores, cpuCount, ['primary', 'replica', 'pgbench']);
     if (limits) out.push(`${s.name}: CPU ${limits.parts}${limits.verdicts.length > 0 ? `; ${limits.verdicts.join('; ')}` : ''}.`);
