@@ -1,5 +1,5 @@
 import { readFileSync, statSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Cron } from 'croner';
 import { packagePath } from './paths.ts';
 
@@ -126,6 +126,20 @@ export interface ReplicaSettings {
   readonly readYourWritesMs: number;
 }
 
+/** Documents and search (the [documents+analytics] issue). */
+export interface DocumentSettings {
+  /** `DATABANK_MAX_DOCUMENT_BYTES`: a document's body as compact JSON, in bytes; larger → 413. */
+  readonly maxBytes: number;
+}
+
+/** Columnar analytics on DuckDB (the [documents+analytics] issue). */
+export interface AnalyticsSettings {
+  /** `DATABANK_ANALYTICS_PATH`: the DuckDB database file; default `DATABANK_DATA_DIR/analytics.duckdb`. */
+  readonly path: string;
+  /** `DATABANK_ANALYTICS_REFRESH_MS`: the longest the worker lets reports fall behind the database. */
+  readonly refreshMs: number;
+}
+
 export interface Config {
   readonly dataDir: string;
   readonly host: string;
@@ -145,6 +159,8 @@ export interface Config {
   readonly broker: BrokerSettings;
   readonly backup: BackupSettings;
   readonly replicas: ReplicaSettings;
+  readonly documents: DocumentSettings;
+  readonly analytics: AnalyticsSettings;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -190,6 +206,13 @@ export function loadConfig(env: Env = process.env): Config {
   const broker = parseBroker(env, problems);
   const backup = parseBackup(env, dataDir, files.store, problems);
   const replicas = parseReplicas(env, sql, problems);
+  const documents: DocumentSettings = {
+    maxBytes: parseIntVar(env, 'DATABANK_MAX_DOCUMENT_BYTES', 65_536, 64, 16 * 1024 * 1024, problems),
+  };
+  const analytics: AnalyticsSettings = {
+    path: resolve(env.DATABANK_ANALYTICS_PATH || join(dataDir, 'analytics.duckdb')),
+    refreshMs: parseIntVar(env, 'DATABANK_ANALYTICS_REFRESH_MS', 30_000, 1_000, 86_400_000, problems),
+  };
   if (problems.length > 0 || sql === null) throw new ConfigError(problems);
   return deepFreeze({
     dataDir,
@@ -208,6 +231,8 @@ export function loadConfig(env: Env = process.env): Config {
     broker,
     backup,
     replicas,
+    documents,
+    analytics,
   });
 }
 

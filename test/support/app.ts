@@ -57,8 +57,9 @@ export const TEST_LIMITS: Config['limits'] = {
  * temporary folder (removed by `TestApp.close`); no site is deployed unless `files` says so.
  */
 export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): Config {
+  const dataDir = overrides.dataDir ?? testDataDir();
   return {
-    dataDir: testDataDir(),
+    dataDir,
     host: '127.0.0.1',
     port: 0,
     sql: db.sql,
@@ -74,6 +75,8 @@ export function testConfig(db: TestDatabase, overrides: Partial<Config> = {}): C
     broker: TEST_DEFAULTS.broker,
     backup: TEST_DEFAULTS.backup,
     replicas: TEST_DEFAULTS.replicas,
+    documents: TEST_DEFAULTS.documents,
+    analytics: { ...TEST_DEFAULTS.analytics, path: join(dataDir, 'analytics.duckdb') },
     ...overrides,
   };
 }
