@@ -1,5 +1,6 @@
 // `npm run bench -- <name> [--json] [--warmup <s>] [--duration <s>]`: runs one benchmark, writes
 // bench/results/<name>.json and prints a table (or, with --json, the JSON on stdout).
+import { analytics } from './analytics.ts';
 import { asyncFlows } from './async.ts';
 import { backup } from './backup.ts';
 import { cache } from './cache.ts';
@@ -13,7 +14,7 @@ import { startup } from './startup.ts';
 import { staticFiles } from './static.ts';
 import { transfers } from './transfers.ts';
 
-const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles, startup, asyncFlows, backup, replicas];
+const BENCHMARKS: readonly Benchmark[] = [transfers, reads, cache, staticFiles, startup, asyncFlows, backup, replicas, analytics];
 
 function usage(): string {
   return [

@@ -6,7 +6,7 @@ import { progress } from './lib/log.ts';
 import { pgbenchInit, pgbenchRun, type PgbenchResult } from './lib/pgbench.ts';
 import { WaitSampler } from './lib/waits.ts';
 import { adminUrl, createDatabase, query, redact, requireServer, type TempDatabase } from './lib/postgres.ts';
-import { loadSeries, machineInfo, noiseWarnings, ratio, type BenchResult, type Series } from './lib/report.ts';
+import { loadSeries, machineInfo, noiseWarnings, pgbenchSeries, ratio, type BenchResult, type Series } from './lib/report.ts';
 
 const CLIENTS = [8, 32] as const;
 const CUSTOMERS = 10;
@@ -62,21 +62,8 @@ function transferSeries(name: string, r: LoadResult, busyBefore: number, waits: 
   return loadSeries(name, 'transfers/s', r, busyBefore, { db_backends: waits });
 }
 
-function pgbenchSeries(r: PgbenchResult, busyBefore: number, waits: Record<string, number>): Series {
-  return {
-    name: 'pgbench tpcb-like',
-    clients: r.clients,
-    rate: r.tps,
-    unit: 'tps',
-    // pgbench prints only the mean latency unless it logs every transaction.
-    latency_ms: { mean: r.latency_avg_ms, p50: null, p99: null },
-    ok: r.transactions,
-    non_ok: r.failed > 0 ? { failed: r.failed } : {},
-    cpu_cores: r.cpu_cores,
-    seconds: r.seconds,
-    busy_before: busyBefore,
-    db_backends: waits,
-  };
+function tpcbSeries(r: PgbenchResult, busyBefore: number, waits: Record<string, number>): Series {
+  return pgbenchSeries('pgbench tpcb-like', 'tps', r, busyBefore, { db_backends: waits });
 }
 
 /** Money conservation: nothing created or lost, and the ledger agrees with the balances. */
@@ -170,7 +157,7 @@ async function measurePgbench(timing: Timing, url: string, db: TempDatabase): Pr
         window,
       }),
     );
-    series.push(pgbenchSeries(r, busyBefore, waits));
+    series.push(tpcbSeries(r, busyBefore, waits));
     progress(`  ${r.tps.toFixed(1)} tps, mean latency ${r.latency_avg_ms} ms`);
   }
   return series;

@@ -16,6 +16,7 @@ import { AccountsService } from './services/accounts.ts';
 import { ApiKeysService } from './services/api-keys.ts';
 import { bootstrap, type BootstrapResult } from './services/bootstrap.ts';
 import { CustomersService } from './services/customers.ts';
+import { DocumentsService } from './services/documents.ts';
 import { FeesService } from './services/fees.ts';
 import { IdempotencyService } from './services/idempotency.ts';
 import { MovementsService } from './services/movements.ts';
@@ -167,6 +168,9 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
         readYourWritesMs: config.replicas.readYourWritesMs,
         maxLagMs: config.replicas.maxLagMs,
       },
+      documents: new DocumentsService(db, config.documents.maxBytes),
+      search: background.search,
+      analytics: background.analytics,
       ready: () => sql.ping(2_000),
     };
     const bootstrapped =

@@ -5,10 +5,12 @@ import type { Registry } from 'prom-client';
 import type { Closers } from './closers.ts';
 import type { Config } from './config.ts';
 import { ActivityService, AUDIT_GROUP } from './services/activity.ts';
+import { AnalyticsService } from './services/analytics/service.ts';
 import { AsyncOps, JOB_KINDS } from './services/async-ops.ts';
 import { cacheInvalidation } from './services/cache-events.ts';
 import type { CachedReads } from './services/cached-reads.ts';
 import { JobsService } from './services/jobs.ts';
+import { SearchService, SEARCH_GROUP } from './services/search.ts';
 import { StatementsService } from './services/statements.ts';
 import { VariantJob } from './services/variant-job.ts';
 import type { FileStore } from './stores/files/port.ts';
@@ -16,6 +18,7 @@ import { openJobQueue, type JobQueue } from './stores/queue/index.ts';
 import type { Db, SqlStore } from './stores/sql/port.ts';
 import type { JobKind } from './stores/sql/schema.ts';
 import { openEventStream, type EventStream } from './stores/stream/index.ts';
+import { analyticsWorkers } from './workers/analytics-refresh.ts';
 import { asyncMetrics } from './workers/async-metrics.ts';
 import { jobConsumer, type JobHandler } from './workers/job-consumer.ts';
 import { jobDispatcher } from './workers/job-dispatcher.ts';
@@ -32,6 +35,10 @@ export interface Background {
   readonly statements: StatementsService;
   readonly activity: ActivityService;
   readonly ops: AsyncOps;
+  /** The DuckDB analytics copy; its refresh follows the stream (the `analytics` group) and a timer. */
+  readonly analytics: AnalyticsService;
+  /** Search over customers and documents; its index follows the stream (the `search` group). */
+  readonly search: SearchService;
   /**
    * The workers of the [async] roles: with `shared`, the outbox relay, the job dispatcher, the job
    * handlers and the audit projection (work any copy may do, and several do safely); with a
@@ -73,6 +80,9 @@ export async function openBackground(deps: {
   const jobs = new JobsService(db);
   const statements = new StatementsService(db, files, jobs);
   const activity = new ActivityService(db);
+  const analytics = new AnalyticsService(db, { path: config.analytics.path });
+  closers.add('analytics', () => analytics.close());
+  const search = new SearchService(db);
   // Figures read on scrape, on the store itself: a request's handles (and their records in tests) never see them.
   const metrics = asyncMetrics(deps.registry, { queue, queues: JOB_KINDS, stream, db: sql.db });
   const handlers: Readonly<Record<JobKind, JobHandler>> = {
@@ -87,6 +97,8 @@ export async function openBackground(deps: {
     statements,
     activity,
     ops: new AsyncOps(queue, stream, jobs, activity),
+    analytics,
+    search,
     workers({ shared, cache }) {
       const workers: Worker[] = [];
       if (cache) {
@@ -112,6 +124,10 @@ export async function openBackground(deps: {
           );
         }
         workers.push(streamConsumer({ group: AUDIT_GROUP, stream, startAt: 'start', applier: activity }));
+        workers.push(...analyticsWorkers({ analytics, stream, lock, intervalMs: config.analytics.refreshMs, logger }));
+        // From the start: a new deployment's index is built from every event; `sync` reads the
+        // current rows, so replaying old events only rewrites what is already right.
+        workers.push(streamConsumer({ group: SEARCH_GROUP, stream, startAt: 'start', applier: search }));
       }
       return workers;
     },

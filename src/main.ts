@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import * as analytics from './cli/analytics.ts';
 import * as backup from './cli/backup.ts';
 import * as cache from './cli/cache.ts';
 import * as events from './cli/events.ts';
@@ -7,6 +8,7 @@ import * as keys from './cli/keys.ts';
 import * as migrate from './cli/migrate.ts';
 import * as queue from './cli/queue.ts';
 import * as replica from './cli/replica.ts';
+import * as search from './cli/search.ts';
 import * as seed from './cli/seed.ts';
 import * as serve from './cli/serve.ts';
 import * as site from './cli/site.ts';
@@ -26,9 +28,9 @@ export interface CommandFamily {
 
 /**
  * Every command family, in the order `databank --help` lists them. A new family is a new file in
- * src/cli/ and one line here; the ones planned are analytics and search.
+ * src/cli/ and one line here.
  */
-export const COMMAND_FAMILIES: readonly CommandFamily[] = [serve, worker, migrate, seed, keys, site, files, cache, queue, events, backup, replica];
+export const COMMAND_FAMILIES: readonly CommandFamily[] = [serve, worker, migrate, seed, keys, site, files, cache, queue, events, backup, replica, analytics, search];
 
 /** The whole command tree, unparsed; tests read its help without starting a process. */
 export function buildCli(): Command {

@@ -4,7 +4,8 @@ import { createServer } from 'node:net';
 import { onCleanup } from './cleanup.ts';
 import { BenchError, sleep } from './log.ts';
 
-const TAIL_BYTES = 8 * 1024;
+// pgbench with several scripts prints a paragraph per script after its totals; keep them all.
+const TAIL_BYTES = 64 * 1024;
 
 /**
  * Children still running. If this process dies without its cleanup (an uncaught error, a closed

@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { CpuSplit } from './cpu.ts';
 import type { LoadResult } from './load.ts';
+import type { PgbenchResult } from './pgbench.ts';
 
 export const RESULTS_DIR = join(dirname(fileURLToPath(import.meta.url)), '../results');
 
@@ -204,6 +205,23 @@ export function loadSeries(name: string, unit: string, r: LoadResult, busyBefore
     latency_ms: { mean: r.latency_ms.mean, p50: r.latency_ms.p50, p99: r.latency_ms.p99 },
     ok: r.ok,
     non_ok: r.non_ok,
+    cpu_cores: r.cpu_cores,
+    seconds: r.seconds,
+    busy_before: busyBefore,
+    ...extra,
+  };
+}
+
+/** A pgbench run as a series; pgbench prints only the mean latency unless it logs every transaction. */
+export function pgbenchSeries(name: string, unit: string, r: PgbenchResult, busyBefore: number, extra: Partial<Series> = {}): Series {
+  return {
+    name,
+    clients: r.clients,
+    rate: r.tps,
+    unit,
+    latency_ms: { mean: r.latency_avg_ms, p50: null, p99: null },
+    ok: r.transactions,
+    non_ok: r.failed > 0 ? { failed: r.failed } : {},
     cpu_cores: r.cpu_cores,
     seconds: r.seconds,
     busy_before: busyBefore,

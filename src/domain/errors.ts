@@ -22,6 +22,14 @@ export const ERRORS = {
     status: 400,
     message: 'The X-Databank-Lsn header must be a WAL position as a write answered it, like 0/16B3748',
   },
+  DATABANK_ERR_ANALYTICS_QUERY: {
+    status: 400,
+    message: 'The analytics query was refused: only one read-only SELECT on the analytics tables is allowed',
+  },
+  DATABANK_ERR_INVALID_JSON_SCHEMA: {
+    status: 400,
+    message: 'The collection schema is not a valid JSON Schema (draft 2020-12)',
+  },
   DATABANK_ERR_UNAUTHORIZED: { status: 401, message: 'A valid API key is required' },
   DATABANK_ERR_FORBIDDEN: { status: 403, message: 'This API key may not do that' },
   DATABANK_ERR_NOT_FOUND: { status: 404, message: 'No such resource' },
@@ -41,6 +49,14 @@ export const ERRORS = {
     status: 409,
     message: 'A request with this Idempotency-Key is still being processed',
   },
+  DATABANK_ERR_VERSION_MISMATCH: {
+    status: 412,
+    message: 'The document changed since that version (If-Match): read it again and reapply the change',
+  },
+  DATABANK_ERR_PRECONDITION_REQUIRED: {
+    status: 428,
+    message: 'This change needs an If-Match header with the version it applies to, as the ETag of a read gave it',
+  },
   DATABANK_ERR_REQUEST_TIMEOUT: { status: 408, message: 'The request was not received in time' },
   DATABANK_ERR_PAYLOAD_TOO_LARGE: { status: 413, message: 'The request body is too large' },
   DATABANK_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'The request body must be application/json' },
@@ -52,6 +68,10 @@ export const ERRORS = {
   DATABANK_ERR_IDEMPOTENCY_KEY_REUSED: {
     status: 422,
     message: 'This Idempotency-Key was used with a different request',
+  },
+  DATABANK_ERR_SCHEMA_VIOLATION: {
+    status: 422,
+    message: "The document does not match its collection's JSON Schema; `problems` lists where",
   },
   DATABANK_ERR_RATE_LIMITED: { status: 429, message: 'Too many requests; retry after the time in Retry-After' },
   DATABANK_ERR_HEADERS_TOO_LARGE: { status: 431, message: 'The request headers are too large' },
@@ -76,12 +96,19 @@ export type ErrorCode = keyof typeof ERRORS;
 export class DatabankError extends Error {
   readonly code: ErrorCode;
   readonly statusCode: number;
+  /** Where the request went wrong, for errors that can say (DATABANK_ERR_SCHEMA_VIOLATION). */
+  readonly problems?: readonly { readonly path: string; readonly message: string }[];
 
-  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown }) {
+  constructor(
+    code: ErrorCode,
+    message?: string,
+    options?: { cause?: unknown; problems?: readonly { readonly path: string; readonly message: string }[] },
+  ) {
     super(message ?? ERRORS[code].message, options);
     this.name = 'DatabankError';
     this.code = code;
     this.statusCode = ERRORS[code].status;
+    if (options?.problems) this.problems = options.problems;
   }
 }
 

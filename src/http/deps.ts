@@ -12,8 +12,11 @@ import type { CachedReads } from '../services/cached-reads.ts';
 import type { LimitsSettings } from '../config.ts';
 import type { ActivityService } from '../services/activity.ts';
 import type { AsyncOps } from '../services/async-ops.ts';
+import type { AnalyticsService } from '../services/analytics/service.ts';
 import type { JobsService } from '../services/jobs.ts';
 import type { StatementsService } from '../services/statements.ts';
+import type { DocumentsService } from '../services/documents.ts';
+import type { SearchService } from '../services/search.ts';
 import type { Metrics } from './metrics.ts';
 import type { ReadRouting } from './read-routing.ts';
 
@@ -42,6 +45,12 @@ export interface HttpDeps {
   readonly backups: BackupOps;
   /** Read routing to replicas: WAL positions for read-your-writes, replica status. */
   readonly reads: ReadRouting;
+  /** Customers' documents and collections' schemas. */
+  readonly documents: DocumentsService;
+  /** Search over customers and documents. */
+  readonly search: SearchService;
+  /** Columnar reports on the DuckDB copy, its refresh and read-only SQL (admins). */
+  readonly analytics: AnalyticsService;
   /** Resolves when the database answers. */
   readonly ready: () => Promise<void>;
 }

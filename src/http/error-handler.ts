@@ -7,6 +7,7 @@ export interface ErrorBody {
   readonly code: ErrorCode;
   readonly message: string;
   readonly request_id?: string;
+  readonly problems?: readonly { readonly path: string; readonly message: string }[];
 }
 
 /** Fastify's own client errors, mapped onto the catalog. */
@@ -22,7 +23,8 @@ const FASTIFY_CODES: Readonly<Record<string, ErrorCode>> = {
 
 /** The response body for a catalog error. */
 export function errorBody(err: DatabankError): ErrorBody {
-  return { statusCode: err.statusCode, code: err.code, message: err.message };
+  const body = { statusCode: err.statusCode, code: err.code, message: err.message };
+  return err.problems ? { ...body, problems: err.problems } : body;
 }
 
 /**

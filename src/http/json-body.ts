@@ -36,7 +36,8 @@ export function parseJsonBody(text: string): unknown {
 /** Replaces Fastify's application/json parser in `app` and the scopes registered after. */
 export function registerJsonBody(app: FastifyInstance): void {
   app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+  // A JSON Merge Patch (RFC 7396, a document's PATCH) is JSON under its own media type.
+  app.addContentTypeParser(['application/json', 'application/merge-patch+json'], { parseAs: 'string' }, (_request, body, done) => {
     try {
       done(null, parseJsonBody(body as string));
     } catch (err) {

@@ -62,6 +62,7 @@ export const ErrorBody = Type.Object({
   code: Type.String(),
   message: Type.String(),
   request_id: Type.Optional(Type.String()),
+  problems: Type.Optional(Type.Array(Type.Object({ path: Type.String(), message: Type.String() }))),
 });
 
 export const Customer = Type.Object({

@@ -13,6 +13,7 @@ import { idKeyword } from './id-keyword.ts';
 import { registerJsonBody } from './json-body.ts';
 import { registerConnectionMetrics, registerHttpMetrics } from './metrics.ts';
 import { accountRoutes } from './routes/accounts.ts';
+import { analyticsRoutes } from './routes/analytics.ts';
 import { cacheRoutes } from './routes/cache.ts';
 import { customerRoutes } from './routes/customers.ts';
 import { fileRoutes } from './routes/files.ts';
@@ -25,6 +26,8 @@ import { moneyRoutes } from './routes/money.ts';
 import { registerRateLimits } from './rate-limit.ts';
 import { registerReadRouting } from './read-routing.ts';
 import { replicaRoutes } from './routes/replicas.ts';
+import { documentRoutes } from './routes/documents.ts';
+import { searchRoutes } from './routes/search.ts';
 import { registerSite, routeNotFound } from './site.ts';
 import { schemaErrorFormatter } from './validation-messages.ts';
 
@@ -116,7 +119,7 @@ export async function buildServer(deps: HttpDeps, options: ServerOptions): Promi
   });
   if (deps.site) registerSite(app, deps.site);
   else app.setNotFoundHandler(routeNotFound);
-  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes, apiKeyRoutes, jobRoutes, asyncAdminRoutes, backupRoutes, replicaRoutes]) {
+  for (const routes of [healthRoutes, customerRoutes, accountRoutes, moneyRoutes, cacheRoutes, fileRoutes, apiKeyRoutes, jobRoutes, asyncAdminRoutes, backupRoutes, replicaRoutes, analyticsRoutes, documentRoutes, searchRoutes]) {
     await app.register(async (scope) => routes(scope.withTypeProvider<TypeBoxTypeProvider>(), deps));
   }
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

@@ -20,7 +20,10 @@ export type EventType =
   | 'transfer.completed'
   | 'fee.charged'
   | 'file.uploaded'
-  | 'file.deleted';
+  | 'file.deleted'
+  | 'document.created'
+  | 'document.updated'
+  | 'document.deleted';
 
 /**
  * Appends events to the outbox in the caller's transaction: they commit with the change they

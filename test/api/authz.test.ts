@@ -15,7 +15,7 @@ import { ENGINES } from '../support/engines.ts';
  * so that a route added without an authorization case here fails this suite.
  */
 
-type Method = 'GET' | 'HEAD' | 'POST' | 'PATCH' | 'DELETE';
+type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 type Headers = Record<string, string>;
 type Response = Awaited<ReturnType<TestApp['app']['http']['inject']>>;
 
@@ -49,6 +49,8 @@ interface Ids {
   readonly apiKey: number;
   /** A statement job of customer 2's. */
   readonly job: string;
+  /** A document of customer 2's. */
+  readonly document: number;
 }
 
 const MONTH = new Date().toISOString().slice(0, 7);
@@ -162,6 +164,16 @@ function casesFor(ids: Ids): Record<string, Omit<RouteCase, 'route' | 'method'>>
     'POST /backups': { url: '/backups', otherCustomer: refused(403, 'POST', '/backups') },
     'GET /backups': { url: '/backups', otherCustomer: refused(403, 'GET', '/backups') },
     'GET /replicas': { url: '/replicas', otherCustomer: refused(403, 'GET', '/replicas') },
+    'POST /analytics/refresh': { url: '/analytics/refresh', otherCustomer: refused(403, 'POST', '/analytics/refresh') },
+    'GET /analytics/balances': { url: '/analytics/balances', otherCustomer: refused(403, 'GET', '/analytics/balances') },
+    'GET /analytics/volume': { url: '/analytics/volume', otherCustomer: refused(403, 'GET', '/analytics/volume') },
+    'GET /analytics/top-accounts': { url: '/analytics/top-accounts', otherCustomer: refused(403, 'GET', '/analytics/top-accounts') },
+    'GET /analytics/books': { url: '/analytics/books', otherCustomer: refused(403, 'GET', '/analytics/books') },
+    'POST /analytics/sql': {
+      url: '/analytics/sql',
+      body: { sql: 'select 1' },
+      otherCustomer: refused(403, 'POST', '/analytics/sql', { sql: 'select 1' }),
+    },
     'GET /queues/:name/dead-letters': {
       url: '/queues/image.variants/dead-letters',
       otherCustomer: refused(403, 'GET', '/queues/image.variants/dead-letters'),
@@ -182,6 +194,39 @@ function casesFor(ids: Ids): Record<string, Omit<RouteCase, 'route' | 'method'>>
       body: { group: 'audit' },
       otherCustomer: refused(403, 'POST', '/events/replay', { group: 'audit' }),
     },
+    'POST /customers/:id/documents': {
+      url: '/customers/1/documents',
+      body: { collection: 'notes', body: { text: 'mine' } },
+      otherCustomer: refused(404, 'POST', '/customers/2/documents', { collection: 'notes', body: { text: 'planted' } }),
+    },
+    'GET /customers/:id/documents': { url: '/customers/1/documents', otherCustomer: refused(404, 'GET', '/customers/2/documents') },
+    'GET /documents': {
+      url: '/documents',
+      otherCustomer: { status: 200, request: { method: 'GET', url: '/documents' }, why: 'lists only its own documents' },
+    },
+    'GET /documents/:id': { url: `/documents/${ids.document}`, otherCustomer: refused(404, 'GET', `/documents/${ids.document}`) },
+    'PATCH /documents/:id': {
+      url: `/documents/${ids.document}`,
+      body: { body: { text: 'changed' } },
+      headers: { 'if-match': '"1"' },
+      otherCustomer: refused(404, 'PATCH', `/documents/${ids.document}`, { body: { text: 'changed' } }, { 'if-match': '"1"' }),
+    },
+    'DELETE /documents/:id': { url: `/documents/${ids.document}`, otherCustomer: refused(404, 'DELETE', `/documents/${ids.document}`) },
+    'PUT /collections/:name/schema': {
+      url: '/collections/authz/schema',
+      body: { type: 'object' },
+      otherCustomer: refused(403, 'PUT', '/collections/authz/schema', { type: 'object' }),
+    },
+    'GET /collections/:name/schema': {
+      url: '/collections/authz/schema',
+      otherCustomer: { status: 200, request: { method: 'GET', url: '/collections/authz/schema' }, why: "a collection's schema is the same for every key" },
+    },
+    'DELETE /collections/:name/schema': { url: '/collections/authz/schema', otherCustomer: refused(403, 'DELETE', '/collections/authz/schema') },
+    'GET /search': {
+      url: '/search?q=brian',
+      otherCustomer: { status: 200, request: { method: 'GET', url: '/search?q=johnson' }, why: 'finds only its own customer and documents' },
+    },
+    'POST /search/reindex': { url: '/search/reindex', body: {}, otherCustomer: refused(403, 'POST', '/search/reindex', {}) },
     'GET /openapi.json': {
       url: '/openapi.json',
       otherCustomer: { status: 200, request: { method: 'GET', url: '/openapi.json' }, why: 'the API description is the same for every key' },
@@ -189,7 +234,7 @@ function casesFor(ids: Ids): Record<string, Omit<RouteCase, 'route' | 'method'>>
   };
 }
 
-const METHODS: readonly Method[] = ['GET', 'HEAD', 'POST', 'PATCH', 'DELETE'];
+const METHODS: readonly Method[] = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'];
 
 function isMethod(method: string): method is Method {
   return (METHODS as readonly string[]).includes(method);
@@ -281,6 +326,8 @@ for (const engine of ENGINES) {
     let file2: number;
     /** A statement job of customer 2's. */
     let job2: string;
+    /** A document of customer 2's, and a collection with a schema. */
+    let document2: number;
     /** The ids of customer 1's and customer 2's keys. */
     let key1: number;
     let key2: number;
@@ -318,8 +365,12 @@ for (const engine of ENGINES) {
       const statement = await call('POST', `/accounts/${extra}/statements`, t.admin, { month: MONTH });
       expect(statement.statusCode).toBe(202);
       job2 = statement.json<{ job_id: string }>().job_id;
+      const document = await call('POST', '/customers/2/documents', t.admin, { collection: 'notes', body: { text: 'customer 2 only' } });
+      expect(document.statusCode).toBe(201);
+      document2 = document.json<{ document_id: number }>().document_id;
+      expect((await call('PUT', '/collections/authz/schema', t.admin, { type: 'object' })).statusCode).toBe(200);
       registered = await registeredRoutes(t);
-      const cases = casesFor({ account: extra, file: file2, apiKey: key2, job: job2 });
+      const cases = casesFor({ account: extra, file: file2, apiKey: key2, job: job2, document: document2 });
       PROTECTED = registered
         .filter((r) => !r.isPublic)
         .map((r) => caseOf(cases, r))
@@ -332,7 +383,7 @@ for (const engine of ENGINES) {
 
     describe('the route list', () => {
       it('every registered route has a case, and every case a route', () => {
-        const cases = casesFor({ account: extra, file: file2, apiKey: key2, job: job2 });
+        const cases = casesFor({ account: extra, file: file2, apiKey: key2, job: job2, document: document2 });
         const protectedRoutes = registered.filter((r) => !r.isPublic);
         const withoutCase = protectedRoutes.filter((r) => caseOf(cases, r) === null).map((r) => `${r.method} ${r.url}`);
         expect(withoutCase, 'routes without an authorization case: add one to casesFor').toEqual([]);

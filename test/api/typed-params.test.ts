@@ -126,14 +126,17 @@ for (const engine of ENGINES) {
           (op.parameters ?? []).filter((p) => p.in === 'path').map((p) => ({ at: `${method} ${path}`, ...p })),
         ),
       );
-      // Job ids are UUIDs, variant and queue names words from a list: the rest are integer ids.
+      // Job ids are UUIDs, variant, queue and collection names words: the rest are integer ids.
       const others = idParameters.filter((p) => (p as { name?: string }).name !== 'id' || p.at.includes(' /jobs/'));
       expect(others.map((p) => `${p.at} ${String((p as { name?: string }).name)}`).sort()).toEqual([
+        'delete /collections/{name}/schema name',
         'delete /queues/{name}/dead-letters name',
+        'get /collections/{name}/schema name',
         'get /files/{id}/variants/{name} name',
         'get /jobs/{id} id',
         'get /queues/{name}/dead-letters name',
         'post /queues/{name}/dead-letters/retry name',
+        'put /collections/{name}/schema name',
       ]);
       expect((others.find((p) => p.at === 'get /jobs/{id}') as { schema?: unknown } | undefined)?.schema).toEqual({ type: 'string', format: 'uuid' });
       expect(idParameters.length).toBeGreaterThanOrEqual(10);

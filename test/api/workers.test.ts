@@ -36,6 +36,9 @@ describe.each(ENGINES.map((engine) => ({ engine })))('worker host in the app on 
       'jobs:image.variants',
       'jobs:statement.monthly',
       'events:audit',
+      'events:analytics',
+      'analytics-refresh',
+      'events:search',
     ]);
     // The partition upkeep runs once as it starts (then daily): nothing to make, the migration did.
     await until(
@@ -67,6 +70,6 @@ describe.each(ENGINES.map((engine) => ({ engine })))('worker host in the app on 
   it('stops the workers when the app closes', async () => {
     const t = await startTestApp(engine, `workers-close-${engine}`);
     await t.close();
-    expect(t.app.workers.states().map((s) => s.status)).toEqual(Array(9).fill('stopped'));
+    expect(t.app.workers.states().map((s) => s.status)).toEqual(Array(12).fill('stopped'));
   });
 });

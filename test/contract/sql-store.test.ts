@@ -6,8 +6,9 @@ import { MIGRATIONS } from '../../src/stores/sql/migrations/index.ts';
 import { createTestDatabase, ENGINES, type TestDatabase } from '../support/engines.ts';
 
 const TABLES = [
-  'accounts', 'api_keys', 'audit_events', 'backup_holds', 'customers', 'event_log', 'fee_charges', 'file_variants', 'files', 'idempotency_keys',
-  'jobs', 'ledger_entries', 'ledger_transactions', 'outbox', 'processed_messages', 'stream_groups', 'system_accounts',
+  'accounts', 'api_keys', 'audit_events', 'backup_holds', 'collection_schemas', 'customers', 'documents', 'event_log', 'fee_charges',
+  'file_variants', 'files', 'idempotency_keys', 'jobs', 'ledger_entries', 'ledger_transactions', 'outbox', 'processed_messages',
+  'search_index', 'search_words', 'stream_groups', 'system_accounts',
 ];
 
 /** The schema's tables; partitions (the ledger's months: test/contract/ledger-partitions.test.ts) left out. */

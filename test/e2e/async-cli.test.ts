@@ -1,8 +1,6 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { testDataDir } from '../support/app.ts';
-import { runCli, serve, type Served } from '../support/cli.ts';
+import { runCli, serveDataDir, type Served } from '../support/cli.ts';
 import { until } from '../support/until.ts';
 
 /**
@@ -32,9 +30,7 @@ describe('databank queue and events', () => {
   let admin: { authorization: string };
 
   beforeAll(async () => {
-    s = await serve({ DATABANK_DATA_DIR: dir });
-    env = { DATABANK_DATA_DIR: dir, PORT: new URL(s.base).port };
-    admin = { authorization: `Bearer ${readFileSync(join(dir, 'admin-key'), 'utf8').trim()}` };
+    ({ s, env, admin } = await serveDataDir(dir));
   }, 60_000);
   afterAll(async () => {
     await s?.stop();
@@ -125,7 +121,7 @@ describe('databank queue and events', () => {
     const stats = await cliJson<{ backend: string; result: unknown[] }>(['queue', 'stats'], env);
     expect(stats.result).toHaveLength(2);
     const groups = await cliJson<Groups>(['events', 'groups'], env);
-    expect(groups.groups.map((g) => g.group)).toEqual(['audit']);
+    expect(groups.groups.map((g) => g.group)).toEqual(['analytics', 'audit', 'search']);
     const replayed = await cliJson<{ group: string; events: number; position: number }>(['events', 'replay', '--group', 'audit', '--from', '0'], env);
     expect(replayed).toEqual({ group: 'audit', events: groups.head, position: groups.head });
   });

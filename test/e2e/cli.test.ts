@@ -14,7 +14,7 @@ import { freePort } from '../support/cli.ts';
 // In-process tests of the command tree and the CLI's helpers: no process is spawned here.
 
 /** The command families and the top-level command each registers, in `--help` order. */
-const FAMILIES = ['serve', 'worker', 'migrate', 'seed', 'keys', 'site', 'files', 'cache', 'queue', 'events', 'backup', 'replica'] as const;
+const FAMILIES = ['serve', 'worker', 'migrate', 'seed', 'keys', 'site', 'files', 'cache', 'queue', 'events', 'backup', 'replica', 'analytics', 'search'] as const;
 
 describe('the command tree', () => {
   it('each family is a file in src/cli/ whose register adds exactly its own command', async () => {
@@ -64,6 +64,10 @@ describe('the command tree', () => {
         'files sweep',
         'cache stats',
         'cache flush',
+        'search reindex',
+        'analytics refresh',
+        'analytics export',
+        'analytics sql',
       ]),
     );
   });
@@ -82,6 +86,7 @@ describe('the command tree', () => {
     expect(options(['cache', 'flush'])).toEqual(['--url', '--key-file', '--json', '--prefix']);
     expect(options(['serve'])).toEqual(['--no-worker']);
     expect(options(['worker'])).toEqual(['--metrics-port']);
+    expect(options(['search', 'reindex'])).toEqual(['--url', '--key-file', '--json', '--batch']);
   });
 });
 

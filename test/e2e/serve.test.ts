@@ -205,10 +205,11 @@ describe('databank CLI', () => {
       // The cache commands ask the running server, so they work for the in-process cache too.
       const admin = { authorization: `Bearer ${readFileSync(join(dir, 'admin-key'), 'utf8').trim()}` };
       // The seed's events reach this process's cache group (which drops what they changed) once
-      // relayed; wait for that, then start from an empty cache.
+      // relayed (the groups: audit, analytics, search and this cache); wait for that, then start
+      // from an empty cache.
       await until(
         async () => (await (await fetch(`${s.base}/events/groups`, { headers: admin })).json()) as { head: number; groups: Array<{ lag: number }> },
-        (g) => g.head > 0 && g.groups.length === 2 && g.groups.every((x) => x.lag === 0),
+        (g) => g.head > 0 && g.groups.length === 4 && g.groups.every((x) => x.lag === 0),
         { what: 'the seed events relayed and consumed' },
       );
       expect(JSON.parse((await runCli(['cache', 'flush', '--json', '--url', s.base], env())).stdout)).toMatchObject({ deleted: expect.any(Number) });

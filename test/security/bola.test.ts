@@ -37,13 +37,15 @@ const KIND_OF_SEGMENT: Readonly<Record<string, Kind>> = {
   jobs: 'job',
   variants: 'variant',
   queues: 'queue',
+  documents: 'document',
+  collections: 'collection',
 };
-type Kind = 'customer' | 'account' | 'file' | 'apiKey' | 'job' | 'variant' | 'queue';
+type Kind = 'customer' | 'account' | 'file' | 'apiKey' | 'job' | 'variant' | 'queue' | 'document' | 'collection';
 
 /** A job id no job has; names (a variant, a queue) are the same for B and for a missing id. */
 const MISSING_JOB = '00000000-0000-7000-8000-000000000000';
 const missingId = (kind: Kind): number | string =>
-  kind === 'job' ? MISSING_JOB : kind === 'variant' ? 'web' : kind === 'queue' ? 'image.variants' : MISSING;
+  kind === 'job' ? MISSING_JOB : kind === 'variant' ? 'web' : kind === 'queue' ? 'image.variants' : kind === 'collection' ? 'notes' : MISSING;
 const MONTH = new Date().toISOString().slice(0, 7);
 
 /** Bodies that would be valid for a caller allowed to use the route, so that only authorization refuses. */
@@ -58,6 +60,9 @@ const REQUESTS: Readonly<Record<string, { query?: string; options?: Omit<CallOpt
   'POST /accounts/{id}/withdrawals': { options: { body: { amount: 1 } } },
   'POST /api-keys/{id}/rotate': {},
   'POST /accounts/{id}/statements': { options: { body: { month: MONTH } } },
+  'POST /customers/{id}/documents': { options: { body: { collection: 'notes', body: { planted: 'by the attacker' } } } },
+  'PATCH /documents/{id}': { options: { body: { body: { planted: 'by the attacker' } }, headers: { 'if-match': '"1"' } } },
+  'PUT /collections/{name}/schema': { options: { body: { type: 'object', required: ['planted'] } } },
 };
 
 interface OpenApiOperation {
@@ -142,7 +147,7 @@ const B_FILE_TEXT = 'VICTIM SECRET 7f3a: account plans\n';
 interface Setup {
   bank: Bank;
   a: { id: number; key: string; keyId: number; account: number };
-  b: { id: number; key: string; keyId: number; usd: number; eur: number; usd2: number; file: number; job: string };
+  b: { id: number; key: string; keyId: number; usd: number; eur: number; usd2: number; file: number; job: string; document: number };
 }
 
 describe.each(ENGINES)('BOLA on databank serve (%s)', (engine) => {
@@ -162,6 +167,8 @@ describe.each(ENGINES)('BOLA on databank serve (%s)', (engine) => {
       `/customers/${s.b.id}/files`,
       `/files/${s.b.file}`,
       `/files/${s.b.file}/content`,
+      `/documents/${s.b.document}`,
+      `/customers/${s.b.id}/documents`,
     ];
     const out: Record<string, string> = {};
     for (const path of paths) {
@@ -202,10 +209,12 @@ describe.each(ENGINES)('BOLA on databank serve (%s)', (engine) => {
     await until(async () => json<{ state: string }>(await bank.as(bKey.key).get(`/jobs/${job}`)).state, (state) => state === 'completed', {
       what: "B's statement job",
     });
+    const noted = await bank.as(bKey.key).post(`/customers/${bId}/documents`, { collection: 'notes', body: { text: `${B_NAME} keeps 7777 here` } });
+    const document = expectOk<{ document_id: number }>(noted, 201).document_id;
     s = {
       bank,
       a: { id: aId, key: aKey.key, keyId: aKey.id, account: aAccount },
-      b: { id: bId, key: bKey.key, keyId: bKey.id, usd: bUsd, eur: bEur, usd2: bUsd2, file, job },
+      b: { id: bId, key: bKey.key, keyId: bKey.id, usd: bUsd, eur: bEur, usd2: bUsd2, file, job, document },
     };
     before = await snapshot();
   });
@@ -215,7 +224,7 @@ describe.each(ENGINES)('BOLA on databank serve (%s)', (engine) => {
   });
 
   const idsOfB = (kind: Kind): number | string =>
-    ({ customer: s.b.id, account: s.b.usd, file: s.b.file, apiKey: s.b.keyId, job: s.b.job, variant: 'web', queue: 'image.variants' })[kind];
+    ({ customer: s.b.id, account: s.b.usd, file: s.b.file, apiKey: s.b.keyId, job: s.b.job, variant: 'web', queue: 'image.variants', document: s.b.document, collection: 'notes' })[kind];
 
   /** What differs between the two answers, or null; and whether B's data shows in the first. */
   const difference = (victim: Answer, missing: Answer): string | null => {
@@ -247,6 +256,11 @@ describe.each(ENGINES)('BOLA on databank serve (%s)', (engine) => {
       'DELETE /files/{id}',
       'DELETE /api-keys/{id}',
       'POST /api-keys/{id}/rotate',
+      'POST /customers/{id}/documents',
+      'GET /customers/{id}/documents',
+      'GET /documents/{id}',
+      'PATCH /documents/{id}',
+      'DELETE /documents/{id}',
     ]) {
       expect(names).toContain(expected);
     }

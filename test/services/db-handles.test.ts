@@ -14,9 +14,10 @@ interface State {
   file: number;
   apiKey: number;
   job: string;
+  document: number;
 }
 
-type Method = 'GET' | 'HEAD' | 'POST' | 'PATCH' | 'DELETE';
+type Method = 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
 interface RouteCase {
   readonly method: Method;
@@ -88,6 +89,20 @@ const WRITES: readonly RouteCase[] = [
   },
   // The projection's reset: the audit rows and their processed_messages, in one transaction.
   { method: 'POST', route: '/events/replay', url: () => '/events/replay', status: 202, uses: 'write', payload: { group: 'audit' } },
+  {
+    method: 'PUT', route: '/collections/:name/schema', url: () => '/collections/handles/schema', status: 200, uses: 'write',
+    payload: { type: 'object', properties: { text: { type: 'string' } } },
+  },
+  // The collection's schema is read in the write's transaction, on writer.
+  {
+    method: 'POST', route: '/customers/:id/documents', url: (s) => `/customers/${s.customer}/documents`, status: 201, uses: 'write',
+    payload: { collection: 'handles', body: { text: 'Ada writes' } }, learn: (s, b) => void (s.document = b.document_id as number),
+  },
+  {
+    method: 'PATCH', route: '/documents/:id', url: (s) => `/documents/${s.document}`, status: 200, uses: 'write',
+    payload: { body: { text: 'Ada rewrites' } }, headers: { 'if-match': '"1"' },
+  },
+  { method: 'POST', route: '/search/reindex', url: () => '/search/reindex', status: 200, uses: 'write', payload: {} },
   // Reads the old key, makes the new one and revokes the old one, all in one transaction.
   {
     method: 'POST', route: '/api-keys/:id/rotate', url: (s) => `/api-keys/${s.apiKey}/rotate`, status: 201, uses: 'write',
@@ -124,6 +139,16 @@ const GETS: readonly RouteCase[] = [
   get('/queues/:name/dead-letters', () => '/queues/image.variants/dead-letters', 'none'),
   get('/events', () => '/events', 'none'),
   get('/events/groups', () => '/events/groups', 'none'),
+  get('/customers/:id/documents', (s) => `/customers/${s.customer}/documents`),
+  get('/documents', () => '/documents?where[text]=Ada%20rewrites'),
+  get('/documents/:id', (s) => `/documents/${s.document}`),
+  get('/collections/:name/schema', () => '/collections/handles/schema'),
+  get('/search', () => '/search?q=ada&facets=kind,tags'),
+  // The reports read the DuckDB copy only; the database handles see nothing.
+  get('/analytics/balances', () => '/analytics/balances', 'none'),
+  get('/analytics/volume', () => '/analytics/volume', 'none'),
+  get('/analytics/top-accounts', () => '/analytics/top-accounts', 'none'),
+  get('/analytics/books', () => '/analytics/books', 'none'),
 ];
 
 const CASES: readonly RouteCase[] = [
@@ -131,6 +156,9 @@ const CASES: readonly RouteCase[] = [
   // Every GET route answers HEAD too, through the same handler (or, for file content, its own).
   ...GETS.flatMap((c) => [c, { ...c, method: 'HEAD' as const }]),
   { method: 'POST', route: '/cache/flush', url: () => '/cache/flush', payload: {}, status: 200, uses: 'none' },
+  // The ETL reads one snapshot of the primary (a read-only transaction on writer) and writes only DuckDB.
+  { method: 'POST', route: '/analytics/refresh', url: () => '/analytics/refresh', status: 200, uses: 'primary' },
+  { method: 'POST', route: '/analytics/sql', url: () => '/analytics/sql', payload: { sql: 'select count(*) from books' }, status: 200, uses: 'none' },
   {
     method: 'POST', route: '/queues/:name/dead-letters/retry', url: () => '/queues/image.variants/dead-letters/retry',
     payload: {}, status: 200, uses: 'none',
@@ -138,6 +166,8 @@ const CASES: readonly RouteCase[] = [
   { method: 'DELETE', route: '/queues/:name/dead-letters', url: () => '/queues/image.variants/dead-letters', status: 200, uses: 'none' },
   { method: 'DELETE', route: '/files/:id', url: (s) => `/files/${s.file}`, status: 204, uses: 'write' },
   { method: 'DELETE', route: '/api-keys/:id', url: (s) => `/api-keys/${s.apiKey}`, status: 204, uses: 'write' },
+  { method: 'DELETE', route: '/documents/:id', url: (s) => `/documents/${s.document}`, status: 204, uses: 'write' },
+  { method: 'DELETE', route: '/collections/:name/schema', url: () => '/collections/handles/schema', status: 204, uses: 'write' },
 ];
 
 /**
@@ -188,7 +218,7 @@ function readOnlyViolations(queries: readonly RecordedQuery[]): string[] {
 for (const engine of ENGINES) {
   describe(`database handles on ${engine}`, () => {
     const log = new QueryLog();
-    const state: State = { customer: 0, account: 0, file: 0, apiKey: 0, job: '' };
+    const state: State = { customer: 0, account: 0, file: 0, apiKey: 0, job: '', document: 0 };
     let db: TestDatabase;
     let app: App;
     let admin: Record<string, string>;

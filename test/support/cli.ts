@@ -1,4 +1,6 @@
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_TIMEOUT_MS, runProcess, spawnTracked, type RunResult, type Spawned } from './processes.ts';
@@ -102,4 +104,14 @@ export async function serve(env: Record<string, string>): Promise<Served> {
     clearTimeout(timer);
   }
   return served;
+}
+
+/** `databank serve` on `dir`, with the environment the CLI needs to reach it and its admin key. */
+export async function serveDataDir(dir: string): Promise<{ s: Served; env: Record<string, string>; admin: { authorization: string } }> {
+  const s = await serve({ DATABANK_DATA_DIR: dir });
+  return {
+    s,
+    env: { DATABANK_DATA_DIR: dir, PORT: new URL(s.base).port },
+    admin: { authorization: `Bearer ${readFileSync(join(dir, 'admin-key'), 'utf8').trim()}` },
+  };
 }

@@ -676,7 +676,8 @@ async function restoreDatabase(
   ownerOnlyDir(dir);
   ownerOnlyDir(join(dir, 'pglite'));
   const { PGlite } = await import('@electric-sql/pglite');
-  const pg = await PGlite.create(join(dir, 'pglite'), { loadDataDir: new Blob([tar]) });
+  const { PGLITE_EXTENSIONS } = await import('../../stores/sql/pglite.ts');
+  const pg = await PGlite.create(join(dir, 'pglite'), { loadDataDir: new Blob([tar]), extensions: PGLITE_EXTENSIONS });
   try {
     await pg.query('delete from backup_holds');
   } finally {
@@ -736,7 +737,8 @@ async function withScratch(
       const { PGlite } = await import('@electric-sql/pglite');
       const { PGliteDialect } = await import('kysely-pglite-dialect');
       const { PARSERS } = await import('../../stores/sql/type-parsers.ts');
-      const pg = await PGlite.create(join(dir, 'data', 'pglite'), { parsers: PARSERS });
+      const { PGLITE_EXTENSIONS } = await import('../../stores/sql/pglite.ts');
+      const pg = await PGlite.create(join(dir, 'data', 'pglite'), { parsers: PARSERS, extensions: PGLITE_EXTENSIONS });
       return new Kysely<Database>({ dialect: new PGliteDialect(pg) });
     });
   } finally {

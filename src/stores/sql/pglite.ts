@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
+import { pg_trgm } from '@electric-sql/pglite/contrib/pg_trgm';
 import { Kysely, sql } from 'kysely';
 import { PGliteDialect } from 'kysely-pglite-dialect';
 import type { Database } from './schema.ts';
@@ -19,6 +20,13 @@ import { withTimeout } from './timeout.ts';
 const SHARED_BUFFERS = '16MB';
 
 const START_PARAMS: readonly string[] = [...PGlite.defaultStartParams, '-c', `shared_buffers=${SHARED_BUFFERS}`];
+
+/**
+ * The contrib extensions a databank database uses (migration 0012: trigram search). PGlite loads
+ * an extension's code only when it is listed here, so every `PGlite.create` of a databank data
+ * directory passes these.
+ */
+export const PGLITE_EXTENSIONS = { pg_trgm } as const;
 
 export interface PgliteOptions {
   /** Told when a new data directory falls back to initdb (no template for this PGlite version). */
@@ -47,7 +55,7 @@ export async function openPglite(dataDir: string | null, options: PgliteOptions 
       unlock = lockDataDir(dataDir);
       const initdb = !existsSync(join(dataDir, 'PG_VERSION')) && !(await unpackPgliteTemplate(dataDir, options.migratedTemplate ? 'migrated' : 'bare'));
       if (initdb) options.onNotice?.('no PGlite data directory template for this PGlite version: running initdb (slow)');
-      pg = await PGlite.create(dataDir, { parsers: PARSERS, startParams: [...START_PARAMS] });
+      pg = await PGlite.create(dataDir, { parsers: PARSERS, startParams: [...START_PARAMS], extensions: PGLITE_EXTENSIONS });
       // initdb's files reach the disk through PGlite's tar loader with the process umask (0644);
       // the template's and PostgreSQL's own files are created 0600.
       if (initdb) restrictToOwner(dataDir);
@@ -56,6 +64,7 @@ export async function openPglite(dataDir: string | null, options: PgliteOptions 
       pg = await PGlite.create('memory://', {
         parsers: PARSERS,
         startParams: [...START_PARAMS],
+        extensions: PGLITE_EXTENSIONS,
         ...(tar ? { loadDataDir: new Blob([tar]) } : {}),
       });
     }

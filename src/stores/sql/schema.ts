@@ -17,6 +17,10 @@ export interface Database {
   file_variants: FileVariantsTable;
   audit_events: AuditEventsTable;
   backup_holds: BackupHoldsTable;
+  documents: DocumentsTable;
+  collection_schemas: CollectionSchemasTable;
+  search_index: SearchIndexTable;
+  search_words: SearchWordsTable;
 }
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
@@ -182,4 +186,42 @@ export interface BackupHoldsTable {
   backup_id: string;
   started_at: Generated<Date>;
   expires_at: Date;
+}
+
+/** A customer's semi-structured document (0012): a JSON object in a free-form collection. */
+export interface DocumentsTable {
+  id: Generated<number>;
+  customer_id: number;
+  collection: string;
+  version: Generated<number>;
+  /** JSONB; written as a JSON string, read as the parsed object. */
+  body: ColumnType<Record<string, unknown>, string, string>;
+  tags: Generated<string[]>;
+  created_at: Generated<Date>;
+  updated_at: Generated<Date>;
+}
+
+/** The JSON Schema a collection opted into (schema-on-write). */
+export interface CollectionSchemasTable {
+  collection: string;
+  schema: ColumnType<Record<string, unknown>, string, string>;
+  version: Generated<number>;
+  updated_at: Generated<Date>;
+}
+
+/** The search projection of customers and documents (0012), kept by `databank_search_sync`. */
+export interface SearchIndexTable {
+  kind: 'customer' | 'document';
+  id: number;
+  customer_id: number;
+  collection: string | null;
+  status: string | null;
+  tags: string[];
+  content: string;
+  tsv: string;
+  indexed_at: Generated<Date>;
+}
+
+export interface SearchWordsTable {
+  word: string;
 }

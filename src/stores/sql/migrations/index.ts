@@ -10,6 +10,7 @@ import * as m0008 from './0008_event_log.ts';
 import * as m0009 from './0009_job_queue.ts';
 import * as m0010 from './0010_backup_holds.ts';
 import * as m0011 from './0011_partitioned_ledger.ts';
+import * as m0012 from './0012_documents_search.ts';
 
 /**
  * Every migration, by name; names sort in the order they run. `databank migrate make NAME` adds
@@ -28,5 +29,6 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = {
   '0009_job_queue': m0009,
   '0010_backup_holds': m0010,
   '0011_partitioned_ledger': m0011,
+  '0012_documents_search': m0012,
   // databank:migrations (new migrations are added above this line)
 };
