@@ -50,6 +50,8 @@ describe('config', () => {
         maxAgeSeconds: 93_600,
       },
       replicas: { urls: [], maxLagMs: 1000, checkMs: 200, readYourWritesMs: 10_000 },
+      documents: { maxBytes: 65_536 },
+      analytics: { path: resolve('.databank/analytics.duckdb'), refreshMs: 30_000 },
     });
     expect(Object.isFrozen(config)).toBe(true);
     expect(Object.isFrozen(config.sql)).toBe(true);
@@ -72,6 +74,20 @@ describe('config', () => {
           'NATS_URL: expected a URL starting with nats:// or tls://',
           'DATABANK_BROKER_PREFIX: 1 to 32 letters, digits, _ or - (it starts queue, stream and consumer names)',
           'DATABANK_JOB_MAX_ATTEMPTS: "0" is not a whole number from 1 to 100',
+        ],
+      }),
+    );
+  });
+
+  it('reads the documents limit and the analytics file and refresh, and refuses bad values', () => {
+    const config = loadConfig({ DATABANK_DATA_DIR: '/srv/bank', DATABANK_MAX_DOCUMENT_BYTES: '1024', DATABANK_ANALYTICS_REFRESH_MS: '5000' });
+    expect([config.documents, config.analytics]).toEqual([{ maxBytes: 1024 }, { path: '/srv/bank/analytics.duckdb', refreshMs: 5000 }]);
+    expect(loadConfig({ DATABANK_ANALYTICS_PATH: '/var/lib/reports.duckdb' }).analytics.path).toBe('/var/lib/reports.duckdb');
+    expect(() => loadConfig({ DATABANK_MAX_DOCUMENT_BYTES: '10', DATABANK_ANALYTICS_REFRESH_MS: 'soon' })).toThrow(
+      expect.objectContaining({
+        problems: [
+          'DATABANK_MAX_DOCUMENT_BYTES: "10" is not a whole number from 64 to 16777216',
+          'DATABANK_ANALYTICS_REFRESH_MS: "soon" is not a whole number from 1000 to 86400000',
         ],
       }),
     );
