@@ -5,7 +5,7 @@ import type { EventStream, StreamEvent } from '../stores/stream/port.ts';
 import { repeating } from './repeating.ts';
 import type { ScheduleLock } from './schedule-lock.ts';
 import { streamConsumer } from './stream-consumer.ts';
-import type { Worker } from './worker.ts';
+import { sleep, type Worker } from './worker.ts';
 
 /** The consumer group of the analytics refresh. */
 export const ANALYTICS_GROUP = 'analytics';
@@ -30,6 +30,7 @@ export interface AnalyticsRefresher {
 export class CoalescedRefresh {
   private running: Promise<void> | null = null;
   private queued: Promise<void> | null = null;
+  private lastStarted = Number.NEGATIVE_INFINITY;
   /** How many refreshes this process ran, and the last one's result. */
   runs = 0;
   last: RefreshResult | null = null;
@@ -58,8 +59,20 @@ export class CoalescedRefresh {
     return this.queued;
   }
 
+  /**
+   * A request that waits until `gapMs` after the last refresh started: under a steady stream of
+   * money events, refreshes then run every `gapMs` instead of back to back, each reading the
+   * customers and accounts whole, which took the serving process's CPU from the requests.
+   */
+  async requestSpaced(gapMs: number): Promise<void> {
+    const wait = this.lastStarted + gapMs - Date.now();
+    if (wait > 0) await sleep(wait, this.signal);
+    return this.request();
+  }
+
   private async runOnce(): Promise<void> {
     if (this.signal.aborted) return;
+    this.lastStarted = Date.now();
     await this.lock.tryRun(ANALYTICS_REFRESH_LOCK, async () => {
       const result = await this.analytics.refresh({ signal: this.signal });
       this.runs++;
@@ -75,17 +88,20 @@ export interface AnalyticsWorkersOptions {
   readonly lock: ScheduleLock;
   /** `DATABANK_ANALYTICS_REFRESH_MS`: the timer's period, the longest the reports fall behind. */
   readonly intervalMs: number;
+  /** The least time between two refreshes asked for by events; default 5 s (or `intervalMs` if shorter). */
+  readonly eventGapMs?: number;
   readonly logger?: Pick<Logger, 'debug'>;
 }
 
 /**
  * The analytics refresh, two ways into one coalesced refresh: the consumer group `analytics` asks
- * for one after events that change what the reports show (and acknowledges them once it is done;
- * a failed refresh leaves them to be delivered again), and a timer refreshes every `intervalMs`
+ * for one after events that change what the reports show, at most one every `eventGapMs` (and
+ * acknowledges them once it is done; a failed refresh leaves them to be delivered again), and a timer refreshes every `intervalMs`
  * (and at start), so that reports are never further behind than that even when events are slow.
  */
 export function analyticsWorkers(options: AnalyticsWorkersOptions): Worker[] {
   const stop = new AbortController();
+  const eventGap = options.eventGapMs ?? Math.min(5_000, options.intervalMs);
   const refresher = new CoalescedRefresh(options.analytics, options.lock, stop.signal, (r) =>
     options.logger?.debug(
       { customers: r.customers, accounts: r.accounts, transactions: r.transactions, entries: r.entries, duration_ms: r.duration_ms, as_of: r.as_of },
@@ -109,7 +125,7 @@ export function analyticsWorkers(options: AnalyticsWorkersOptions): Worker[] {
         startAt: 'end',
         applier: {
           async apply(events: readonly StreamEvent[]) {
-            if (events.some((e) => STALE_AFTER.test(e.type))) await refresher.request();
+            if (events.some((e) => STALE_AFTER.test(e.type))) await refresher.requestSpaced(eventGap);
           },
         },
       }),
