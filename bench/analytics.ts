@@ -2,7 +2,6 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { pathToFileURL } from 'node:url';
 import { DuckDBInstance, type DuckDBConnection } from '@duckdb/node-api';
 import pg from 'pg';
 import type * as AnalyticsModule from '../src/services/analytics/service.ts';
@@ -13,7 +12,7 @@ import type { SqlStore } from '../src/stores/sql/index.ts';
 import type { Benchmark, Timing } from './lib/benchmark.ts';
 import { onCleanup } from './lib/cleanup.ts';
 import { between, postgresPids, settle, snapshot, type CpuGroups } from './lib/cpu.ts';
-import { databankRevision, DATABANK_DIR } from './lib/databank.ts';
+import { databankModule, databankRevision } from './lib/databank.ts';
 import { progress } from './lib/log.ts';
 import { adminUrl, createDatabase, requireServer, type TempDatabase } from './lib/postgres.ts';
 import { searchSeries, SEARCH_DOCUMENTS } from './lib/search-load.ts';
@@ -55,9 +54,6 @@ function median(values: readonly number[]): number {
   return sorted.length % 2 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 }
 
-function databankModule<T>(path: string): Promise<T> {
-  return import(pathToFileURL(join(DATABANK_DIR, path)).href) as Promise<T>;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Step 1: the source database.

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { freePort, startChild, waitForHttp, type Child } from './child.ts';
 import { onCleanup } from './cleanup.ts';
 import { BenchError } from './log.ts';
@@ -142,4 +142,9 @@ export function databankRevision(): string {
   } catch {
     return 'unknown';
   }
+}
+
+/** A module of the databank checkout being measured (`BENCH_DATABANK_DIR`), not of this one. */
+export function databankModule<T>(path: string): Promise<T> {
+  return import(pathToFileURL(join(DATABANK_DIR, path)).href) as Promise<T>;
 }

@@ -6,14 +6,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Timing } from './benchmark.ts';
 import { postgresPids, settle } from './cpu.ts';
-import { startDatabank } from './databank.ts';
+import { databankModule, startDatabank } from './databank.ts';
 import { runLoad } from './load.ts';
 import { progress } from './log.ts';
 import { pgbenchRun } from './pgbench.ts';
 import { adminUrl, createDatabase, query } from './postgres.ts';
 import { loadSeries, pgbenchSeries, ratio, type Ratio, type Series } from './report.ts';
 import { DummyDriver, Kysely, PostgresAdapter, PostgresIntrospector, PostgresQueryCompiler, type CompiledQuery } from 'kysely';
-import { searchStatement, similarWordsStatement, termsOf, tsQueries } from '../../src/services/search.ts';
+import type * as SearchModule from '../../src/services/search.ts';
 
 export const SEARCH_DOCUMENTS = 100_000;
 const CUSTOMERS = 1_000;
@@ -120,6 +120,8 @@ export interface SearchBench {
  * set, and pgbench with one script per query holding the statements the service sends for it.
  */
 export async function searchSeries(timing: Timing): Promise<SearchBench> {
+  // The statements of the checkout being measured, so that pgbench runs exactly what it sends.
+  const { searchStatement, similarWordsStatement, termsOf, tsQueries } = await databankModule<typeof SearchModule>('src/services/search.ts');
   const random = prng(20261202);
   const words = longTail(random);
   const queries = makeQueries(random);
