@@ -18,6 +18,7 @@ import { bootstrap, type BootstrapResult } from './services/bootstrap.ts';
 import { CustomersService } from './services/customers.ts';
 import { DocumentsService } from './services/documents.ts';
 import { FeesService } from './services/fees.ts';
+import { MoneyWriter } from './services/money-writer.ts';
 import { IdempotencyService } from './services/idempotency.ts';
 import { MovementsService } from './services/movements.ts';
 import { DEFAULT_RETRY, type RetryOptions } from './services/transaction.ts';
@@ -129,6 +130,15 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     const backups = new BackupOps(backupStores.service, scheduleLock(sql), config.backup.maxAgeSeconds);
     backups.registerMetrics(metrics.registry);
     const idempotency = new IdempotencyService(db);
+    const moneyWriter =
+      config.limits.batchMax > 1
+        ? new MoneyWriter(db.writer, config.limits.batchMax, config.limits.maxBalance, retry, {
+            batch(size, seconds) {
+              metrics.moneyBatchSize.observe(size);
+              metrics.moneyBatchSeconds.observe(seconds);
+            },
+          })
+        : undefined;
     const apiKeys = new ApiKeysService(db, {
       cache,
       limitsRedis:
@@ -139,8 +149,8 @@ export async function createApp(config: Config, options: AppOptions): Promise<Ap
     const deps: HttpDeps = {
       customers: new CustomersService(db, cache),
       accounts: new AccountsService(db, cache, config.limits.maxAccountsPerCustomer),
-      movements: new MovementsService(db, idempotency, cache, config.limits.maxBalance, retry),
-      transfers: new TransfersService(db, cache, config.limits.maxBalance, retry),
+      movements: new MovementsService(db, idempotency, cache, config.limits.maxBalance, retry, moneyWriter),
+      transfers: new TransfersService(db, cache, config.limits.maxBalance, retry, moneyWriter),
       fees: new FeesService(db, idempotency, cache, retry),
       cache,
       files: new FilesService(db, files, config.files.maxUploadBytes, (key, err) =>

@@ -66,6 +66,11 @@ export interface LimitsSettings {
   readonly authFailureLimitPerMinute: number;
   /** Whether the client IP is read from `X-Forwarded-For` (Fastify's `trustProxy`). */
   readonly trustProxy: boolean | string | number;
+  /**
+   * `DATABANK_BATCH_MAX`: most money movements the batching writer sends to PostgreSQL in one
+   * transaction; 1 sends each alone (no batching).
+   */
+  readonly batchMax: number;
 }
 
 /** How long a client may take, and how many may be connected. */
@@ -357,6 +362,7 @@ function parseLimits(env: Env, problems: string[]): LimitsSettings {
     rateLimitPerMinute: parseIntVar(env, 'DATABANK_RATE_LIMIT_PER_MINUTE', 6000, 1, 10_000_000, problems),
     authFailureLimitPerMinute: parseIntVar(env, 'DATABANK_AUTH_FAILURE_LIMIT_PER_MINUTE', 60, 1, 10_000_000, problems),
     trustProxy,
+    batchMax: parseIntVar(env, 'DATABANK_BATCH_MAX', 256, 1, 10_000, problems),
   };
 }
 

@@ -13,6 +13,9 @@ export interface Metrics {
   readonly transactionRetries: Counter<'sqlstate'>;
   /** Reads through `reader`, by where they were served and why (`read-routing.ts`). */
   readonly dbReads: Counter<'target' | 'reason'>;
+  /** The batching writer's batches: how many movements each carried, and how long it took. */
+  readonly moneyBatchSize: Histogram;
+  readonly moneyBatchSeconds: Histogram;
 }
 
 export function createMetrics(
@@ -92,7 +95,19 @@ export function createMetrics(
     labelNames: ['target', 'reason'],
     registers: [registry],
   });
-  return { registry, transfers, transactionRetries, cacheRequests, cacheErrors, dbReads };
+  const moneyBatchSize = new Histogram({
+    name: 'databank_money_batch_size',
+    help: 'Money movements per call of the batching writer (DATABANK_BATCH_MAX)',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+    registers: [registry],
+  });
+  const moneyBatchSeconds = new Histogram({
+    name: 'databank_money_batch_seconds',
+    help: 'Time of one batch of the batching writer, from leaving to its outcomes (retries included)',
+    buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5],
+    registers: [registry],
+  });
+  return { registry, transfers, transactionRetries, cacheRequests, cacheErrors, dbReads, moneyBatchSize, moneyBatchSeconds };
 }
 
 /** Per-replica state, lag and reads, read from the router at each scrape. */

@@ -5,31 +5,13 @@ import type { Principal, Transfer } from '../domain/types.ts';
 import type { Db } from '../stores/sql/port.ts';
 import { IdempotentReplay, type IdempotencyClaim } from './idempotency.ts';
 import { movedMoney, type CachedReads } from './cached-reads.ts';
+import type { MoneyOutcome, MoneyWriter } from './money-writer.ts';
 import { withRetry, type RetryOptions } from './transaction.ts';
 
 export interface TransferCommand {
   readonly from_account_id: number;
   readonly to_account_id: number;
   readonly amount: number;
-}
-
-interface TransferRow {
-  readonly outcome:
-    | 'completed'
-    | 'source_not_found'
-    | 'target_not_found'
-    | 'currency_mismatch'
-    | 'insufficient_funds'
-    | 'balance_limit'
-    | 'in_flight'
-    | 'replay';
-  readonly out_transfer_id: number | null;
-  readonly out_created_at: string | null;
-  readonly out_from_customer: number | null;
-  readonly out_to_customer: number | null;
-  readonly out_replay_status: number | null;
-  readonly out_replay_body: unknown;
-  readonly out_replay_hash: string | null;
 }
 
 /**
@@ -42,6 +24,10 @@ interface TransferRow {
  * it first claims it (migration 0005: a lock held until the function's transaction ends) and
  * answers a response stored meanwhile. A refusal writes nothing. The function writes, so it runs
  * on `writer`; it also refuses an amount below 1 (migration 0004), a rule this service checks first.
+ *
+ * With a batching writer (`DATABANK_BATCH_MAX` above 1) the transfer goes to PostgreSQL with the
+ * other movements of the moment in one `databank_money_batch` call (migration 0013), which checks
+ * and writes each exactly as `databank_transfer` does; the answers are the same.
  */
 export class TransfersService {
   constructor(
@@ -50,6 +36,8 @@ export class TransfersService {
     /** `DATABANK_MAX_BALANCE`: a transfer never takes its target past it. */
     private readonly maxBalance: number,
     private readonly retry?: RetryOptions,
+    /** The batching writer; without one (`DATABANK_BATCH_MAX=1`) each transfer is its own call. */
+    private readonly writer?: MoneyWriter,
   ) {}
 
   async transfer(principal: Principal, cmd: TransferCommand, claim: IdempotencyClaim | null): Promise<Transfer> {
@@ -57,15 +45,9 @@ export class TransfersService {
     assertAmount(amount);
     if (from === to) throw new DatabankError('DATABANK_ERR_SAME_ACCOUNT');
     const owner = principal.role === 'customer' ? principal.customerId : null;
-    const row = await withRetry(async () => {
-      const result = await sql<TransferRow>`
-        select outcome, out_transfer_id, out_created_at, out_from_customer, out_to_customer,
-          out_replay_status, out_replay_body, out_replay_hash
-        from databank_transfer(${from}::bigint, ${to}::bigint, ${amount}::bigint, ${owner}::bigint,
-          ${claim?.scope ?? null}::text, ${claim?.key ?? null}::text, ${claim?.hash ?? null}::text,
-          ${this.maxBalance}::bigint)`.execute(this.db.writer);
-      return result.rows[0] as TransferRow;
-    }, this.retry);
+    const row = this.writer
+      ? await this.writer.submit({ kind: 'transfer', from, to, amount, owner, claim })
+      : await this.single(from, to, amount, owner, claim);
     switch (row.outcome) {
       case 'completed':
         await this.cache.invalidate(movedMoney([
@@ -73,13 +55,14 @@ export class TransfersService {
           [to, row.out_to_customer as number],
         ]));
         return {
-          transfer_id: row.out_transfer_id as number,
+          transfer_id: row.out_id as number,
           from_account_id: from,
           to_account_id: to,
           amount,
           created_at: row.out_created_at as string,
         };
       case 'source_not_found':
+      case 'not_found':
         // The same answer whether the account is missing or another customer's: ids do not leak.
         throw new DatabankError('DATABANK_ERR_NOT_FOUND');
       case 'target_not_found':
@@ -96,5 +79,18 @@ export class TransfersService {
         if (row.out_replay_hash !== claim?.hash) throw new DatabankError('DATABANK_ERR_IDEMPOTENCY_KEY_REUSED');
         throw new IdempotentReplay(row.out_replay_status ?? 500, row.out_replay_body);
     }
+  }
+
+  /** One transfer, one call of `databank_transfer`. */
+  private single(from: number, to: number, amount: number, owner: number | null, claim: IdempotencyClaim | null) {
+    return withRetry(async () => {
+      const result = await sql<MoneyOutcome>`
+        select outcome, out_transfer_id as out_id, out_created_at, out_from_customer, out_to_customer,
+          null::bigint as out_balance, out_replay_status, out_replay_body, out_replay_hash
+        from databank_transfer(${from}::bigint, ${to}::bigint, ${amount}::bigint, ${owner}::bigint,
+          ${claim?.scope ?? null}::text, ${claim?.key ?? null}::text, ${claim?.hash ?? null}::text,
+          ${this.maxBalance}::bigint)`.execute(this.db.writer);
+      return result.rows[0] as MoneyOutcome;
+    }, this.retry);
   }
 }

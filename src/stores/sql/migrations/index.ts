@@ -11,6 +11,7 @@ import * as m0009 from './0009_job_queue.ts';
 import * as m0010 from './0010_backup_holds.ts';
 import * as m0011 from './0011_partitioned_ledger.ts';
 import * as m0012 from './0012_documents_search.ts';
+import * as m0013 from './0013_money_batch.ts';
 
 /**
  * Every migration, by name; names sort in the order they run. `databank migrate make NAME` adds
@@ -30,5 +31,6 @@ export const MIGRATIONS: Readonly<Record<string, Migration>> = {
   '0010_backup_holds': m0010,
   '0011_partitioned_ledger': m0011,
   '0012_documents_search': m0012,
+  '0013_money_batch': m0013,
   // databank:migrations (new migrations are added above this line)
 };
