@@ -120,6 +120,32 @@ export async function startDatabank(options: DatabankOptions): Promise<Databank>
   };
 }
 
+/** GET /metrics as admin (the Prometheus text), on a connection of its own. */
+export function databankMetrics(bank: Pick<Databank, 'port' | 'adminKey'>): Promise<string> {
+  return new Promise((resolvePromise, reject) => {
+    const req = request(
+      { host: '127.0.0.1', port: bank.port, method: 'GET', path: '/metrics', headers: { authorization: `Bearer ${bank.adminKey}` } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          if (res.statusCode === 200) resolvePromise(text);
+          else reject(new BenchError(`GET /metrics answered ${res.statusCode}: ${text.slice(0, 200)}`));
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The value of an unlabelled metric line (`name 123`) in Prometheus text; null when absent. */
+export function metricValue(text: string, name: string): number | null {
+  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
+  return m?.[1] === undefined ? null : Number(m[1]);
+}
+
 /** Runs `work` over `items`, `width` at a time: setup is I/O-bound, so a little parallelism helps. */
 export async function inParallel<T, R>(items: readonly T[], width: number, work: (item: T) => Promise<R>): Promise<R[]> {
   const results: R[] = new Array<R>(items.length);

@@ -27,6 +27,11 @@ export interface Series {
   readonly db_backends?: Record<string, number>;
   /** X-Cache answers counted by the load generator (cache only). */
   readonly x_cache?: XCache;
+  /**
+   * Where the time goes, per answer (per transaction for pgbench) over the measured window: CPU ms
+   * of each process group, WAL flushes, writes and bytes, a writer's mean batch size (transfers only).
+   */
+  readonly per_op?: Record<string, number | null>;
 }
 
 export interface XCache {
@@ -168,6 +173,14 @@ export function formatResult(result: BenchResult): string {
       out.push(
         `  ${s.name} c=${s.clients}: hit ratio ${x.hit_ratio === null ? '-' : x.hit_ratio.toFixed(4)}; ${counts(x.measured)}; whole run ${counts(x.whole_run)}`,
       );
+    }
+  }
+  const perOp = result.series.filter((s) => s.per_op);
+  if (perOp.length > 0) {
+    out.push('', 'Where the time goes (per answer / per pgbench transaction, in the measured window):');
+    for (const s of perOp) {
+      const fields = Object.entries(s.per_op ?? {}).map(([k, v]) => `${k} ${v === null || Number.isNaN(v) ? '-' : String(v)}`);
+      out.push(`  ${s.name} c=${s.clients}: ${fields.join(', ') || 'n/a'}`);
     }
   }
   const errors = result.series.filter((s) => Object.keys(s.non_ok).length > 0);

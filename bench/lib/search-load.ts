@@ -5,6 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Timing } from './benchmark.ts';
+import { prng } from './random.ts';
 import { postgresPids, settle } from './cpu.ts';
 import { databankModule, startDatabank } from './databank.ts';
 import { runLoad } from './load.ts';
@@ -31,18 +32,6 @@ const DOMAIN_WORDS = (
 const COLLECTIONS = ['notes', 'tickets', 'profiles', 'preferences', 'kyc'] as const;
 const TAGS = ['vip', 'new', 'fraud', 'mortgage', 'savings', 'card', 'complaint', 'business', 'student', 'travel', 'tax', 'kyc'];
 const STATUSES = ['open', 'pending', 'closed'];
-
-/** A small deterministic generator (mulberry32): the same corpus on every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** 5,000 made-up words: the long tail of names, places and rare terms. */
 function longTail(random: () => number): string[] {

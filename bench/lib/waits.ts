@@ -65,3 +65,36 @@ export class WaitSampler {
     }
   }
 }
+
+/** Cluster-wide WAL counters from pg_stat_wal (PostgreSQL 14+): subtract two readings for a window. */
+export interface WalStats {
+  readonly records: number;
+  readonly fpi: number;
+  readonly bytes: number;
+  /** XLogWrite calls: WAL buffers written out to the kernel. */
+  readonly writes: number;
+  /** WAL flushes to disk (fsync/fdatasync), each one a commit or a batch of them reaching the disk. */
+  readonly syncs: number;
+}
+
+/**
+ * Reads pg_stat_wal on `client`. Backends report their share at most once a second, so a reading
+ * lags by up to ~1 s of activity; over a window of several seconds both edges lag alike.
+ */
+export async function readWalStats(client: pg.Client): Promise<WalStats> {
+  const { rows } = await client.query<Record<string, string>>(
+    'select wal_records::text as records, wal_fpi::text as fpi, wal_bytes::text as bytes, wal_write::text as writes, wal_sync::text as syncs from pg_stat_wal',
+  );
+  const r = rows[0] ?? {};
+  return { records: Number(r.records), fpi: Number(r.fpi), bytes: Number(r.bytes), writes: Number(r.writes), syncs: Number(r.syncs) };
+}
+
+export function walDelta(after: WalStats, before: WalStats): WalStats {
+  return {
+    records: after.records - before.records,
+    fpi: after.fpi - before.fpi,
+    bytes: after.bytes - before.bytes,
+    writes: after.writes - before.writes,
+    syncs: after.syncs - before.syncs,
+  };
+}

@@ -6,6 +6,7 @@ import type { Database } from './schema.ts';
 import type { SqlStore } from './port.ts';
 import { PARSERS } from './type-parsers.ts';
 import { withTimeout } from './timeout.ts';
+import { isConnectionFailure } from './errors.ts';
 
 export interface PostgresOptions {
   readonly connectionString: string;
@@ -94,12 +95,21 @@ function statementName(text: string): string | undefined {
  */
 function preparing(pool: pg.Pool, onError: (err: Error) => void): PostgresPool {
   const wrapped = new WeakMap<pg.PoolClient, PostgresPoolClient>();
+  // Connections whose server went away. Kysely releases a connection without the error that
+  // ended its statement, so the pool would hand a terminated one (its socket not yet closed) to
+  // the next caller, whose statement would fail too: it is destroyed instead.
+  const broken = new WeakSet<pg.PoolClient>();
   const wrap = (client: pg.PoolClient): PostgresPoolClient => ({
     query: ((text: unknown, values?: unknown[]) => {
-      const name = typeof text === 'string' && values && values.length > 0 ? statementName(text) : undefined;
-      return name ? client.query({ name, text: text as string, values }) : client.query(text as string, values);
+      // A cursor (a streamed query) is returned as it is: its reader sees its errors.
+      if (typeof text !== 'string') return client.query(text as pg.QueryConfig, values);
+      const name = values && values.length > 0 ? statementName(text) : undefined;
+      return (name ? client.query({ name, text, values }) : client.query(text, values)).catch((err: unknown) => {
+        if (isConnectionFailure(err)) broken.add(client);
+        throw err;
+      });
     }) as unknown as PostgresPoolClient['query'],
-    release: (destroy?: boolean) => client.release(destroy),
+    release: (destroy?: boolean) => client.release(destroy || broken.has(client)),
   });
   return {
     async connect() {
@@ -110,7 +120,10 @@ function preparing(pool: pg.Pool, onError: (err: Error) => void): PostgresPool {
         // one is checked out (between two statements of a transaction, say) would otherwise
         // crash the process. The statement in flight fails on its own, and the pool drops the
         // broken client when it comes back.
-        client.on('error', onError);
+        client.on('error', (err) => {
+          broken.add(client);
+          onError(err);
+        });
         w = wrap(client);
         wrapped.set(client, w);
       }
