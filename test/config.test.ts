@@ -31,6 +31,7 @@ describe('config', () => {
         rateLimitPerMinute: 6000,
         authFailureLimitPerMinute: 60,
         trustProxy: false,
+        batchMax: 256,
       },
       http: {
         headerTimeoutMs: 10_000,
@@ -101,8 +102,9 @@ describe('config', () => {
       DATABANK_AUTH_FAILURE_LIMIT_PER_MINUTE: '2',
       TRUST_PROXY: '10.0.0.0/8, 127.0.0.1',
       DATABANK_BODY_TIMEOUT_MS: '500',
+      DATABANK_BATCH_MAX: '1',
     });
-    expect(config.limits).toMatchObject({ maxBalance: 5000, maxAccountsPerCustomer: 3, rateLimitPerMinute: 10 });
+    expect(config.limits).toMatchObject({ maxBalance: 5000, maxAccountsPerCustomer: 3, rateLimitPerMinute: 10, batchMax: 1 });
     expect(config.limits.trustProxy).toBe('10.0.0.0/8, 127.0.0.1');
     expect(loadConfig({ TRUST_PROXY: '2' }).limits.trustProxy).toBe(2);
     expect(loadConfig({ TRUST_PROXY: 'true' }).limits.trustProxy).toBe(true);
@@ -122,6 +124,7 @@ describe('config', () => {
       'DATABANK_MAX_BALANCE × DATABANK_MAX_ACCOUNTS_PER_CUSTOMER: 100000000000000 × 100 passes 2^53−1 ' +
         '(9007199254740991), so a customer\'s total could stop being exact; lower one of them',
     ]);
+    expect(problems({ DATABANK_BATCH_MAX: '0' })).toEqual(['DATABANK_BATCH_MAX: "0" is not a whole number from 1 to 10000']);
     expect(problems({ TRUST_PROXY: 'everyone' })).toEqual([
       'TRUST_PROXY: "everyone" is not true, false, a hop count or a list of proxy addresses/CIDRs',
     ]);

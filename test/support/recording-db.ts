@@ -30,7 +30,7 @@ export interface RecordedQuery {
  * functions that write (`databank_transfer`, sequences, advisory locks).
  */
 const WRITES =
-  /\binsert\s+into\b|\bupdate\s+"?\w+"?(\s+(as\s+)?"?\w+"?)?\s+set\b|\bdelete\s+from\b|\bmerge\s+into\b|\bfor\s+(no\s+key\s+)?update\b|\bfor\s+share\b|\bdatabank_transfer\s*\(|\bdatabank_search_sync\s*\(|\bsetval\s*\(|\bnextval\s*\(|\bpg_advisory/i;
+  /\binsert\s+into\b|\bupdate\s+"?\w+"?(\s+(as\s+)?"?\w+"?)?\s+set\b|\bdelete\s+from\b|\bmerge\s+into\b|\bfor\s+(no\s+key\s+)?update\b|\bfor\s+share\b|\bdatabank_transfer\s*\(|\bdatabank_money_batch\s*\(|\bdatabank_search_sync\s*\(|\bsetval\s*\(|\bnextval\s*\(|\bpg_advisory/i;
 
 /** Whether `sql` writes, by the patterns above. */
 export function isWrite(sql: string): boolean {
