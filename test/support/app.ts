@@ -40,7 +40,11 @@ export function testDataDir(): string {
   return dir;
 }
 
-const TEST_DEFAULTS = loadConfig({ DATABANK_SITE_DIR: 'none' });
+// DATABANK_BATCH_MAX=1 runs every suite on the single path (no batching writer).
+const TEST_DEFAULTS = loadConfig({
+  DATABANK_SITE_DIR: 'none',
+  ...(process.env.DATABANK_BATCH_MAX ? { DATABANK_BATCH_MAX: process.env.DATABANK_BATCH_MAX } : {}),
+});
 
 /**
  * The limits test apps run with: the defaults but the request limits, since tests send thousands
