@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Timing } from './benchmark.ts';
-import { prng } from './random.ts';
+import { prng, zipfSampler } from './random.ts';
 import { postgresPids, settle } from './cpu.ts';
 import { databankModule, startDatabank } from './databank.ts';
 import { runLoad } from './load.ts';
@@ -46,25 +46,8 @@ function longTail(random: () => number): string[] {
   return [...words];
 }
 
-/** Zipf (s = 1) over n ranks: rank r with probability (1/r) / H(n). */
-function zipfSampler(n: number): (random: () => number) => number {
-  const cumulative: number[] = [];
-  let sum = 0;
-  for (let r = 1; r <= n; r++) cumulative.push((sum += 1 / r));
-  return (random) => {
-    const x = random() * sum;
-    let lo = 0;
-    let hi = n - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if ((cumulative[mid] as number) < x) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  };
-}
 
-const domainRank = zipfSampler(DOMAIN_WORDS.length);
+const domainRank = zipfSampler(DOMAIN_WORDS.length, 1);
 
 function makeDocuments(random: () => number, tail: readonly string[], from: number, count: number) {
   // A word is one of the bank's (Zipf over them) one time in six, else from the long tail: the
