@@ -46,7 +46,7 @@ function longTail(random: () => number): string[] {
   return [...words];
 }
 
-
+/** Zipf s=1 over the domain words: a few are common, most rare. */
 const domainRank = zipfSampler(DOMAIN_WORDS.length, 1);
 
 function makeDocuments(random: () => number, tail: readonly string[], from: number, count: number) {
